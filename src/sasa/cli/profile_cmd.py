@@ -1,0 +1,44 @@
+"""``sasa models`` and ``sasa profile``: what exists and what it costs."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from sasa.cli.options import positive_int
+from sasa.models import create_model, list_models
+from sasa.profile import count_flops, count_params
+
+
+def add_parser(subparsers) -> None:
+    models = subparsers.add_parser("models", help="list model names")
+    models.set_defaults(func=run_models)
+    profile = subparsers.add_parser("profile", help="parameters and FLOPs of models")
+    profile.add_argument("model", nargs="*", help="model names (default: every model)")
+    profile.add_argument("--img-size", type=positive_int, default=224)
+    profile.add_argument("--num-classes", type=positive_int, default=1000)
+    profile.add_argument("--json", action="store_true", help="print one JSON object per model")
+    profile.set_defaults(func=run_profile)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    print("\n".join(list_models()))
+    return 0
+
+
+def profile_model(name: str, *, img_size: int, num_classes: int) -> dict:
+    model = create_model(name, num_classes=num_classes)
+    params, flops = count_params(model), count_flops(model, img_size)
+    return {"model": name, "params": params, "flops": flops, "img_size": img_size, "num_classes": num_classes}
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    names = args.model or list_models()
+    rows = [profile_model(name, img_size=args.img_size, num_classes=args.num_classes) for name in names]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print(f"{'model':<24} {'params (M)':>11} {'GFLOPs':>8}   @ {args.img_size}x{args.img_size}, {args.num_classes} classes")
+    for row in rows:
+        print(f"{row['model']:<24} {row['params'] / 1e6:>11.2f} {row['flops'] / 1e9:>8.2f}")
+    return 0

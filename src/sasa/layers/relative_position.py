@@ -1,0 +1,27 @@
+"""Relative position embeddings for local attention (paper §2.2)."""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+class RelativePositionEmbedding2d(nn.Module):
+    """Row-offset and column-offset embeddings, each ``channels // 2`` wide, concatenated.
+
+    ``forward(num_heads)`` returns (N, k, k, channels // N): the embedding of offset (Δa, Δc)
+    is ``cat(row[Δa], col[Δc])``, and head n takes its slice of those channels.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, *, init_std: float = 1.0) -> None:
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"channels must be even to split into row and column halves, got {channels}")
+        self.kernel_size = kernel_size
+        self.row = nn.Parameter(torch.randn(kernel_size, channels // 2) * init_std)
+        self.col = nn.Parameter(torch.randn(kernel_size, channels // 2) * init_std)
+
+    def forward(self, num_heads: int) -> torch.Tensor:
+        k = self.kernel_size
+        table = torch.cat([self.row[:, None, :].expand(k, k, -1), self.col[None, :, :].expand(k, k, -1)], dim=-1)
+        return rearrange(table, "x y (n d) -> n x y d", n=num_heads).contiguous()

@@ -1,0 +1,109 @@
+"""One bottleneck-ResNet builder for the conv baseline and the attention models.
+
+Attribute names follow torchvision (``conv1/bn1/layer1..layer4/fc``) so feature
+extractors and FPN backbones work unchanged; the attention stem is ``stem``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sasa.layers import AttentionStem, LocalSelfAttention2d, create_spatial_mixer
+from sasa.models.config import ResNetConfig
+
+
+class Bottleneck(nn.Module):
+    """1×1 reduce -> spatial mixer (3×3 conv or local attention) -> 1×1 expand, plus shortcut."""
+
+    def __init__(self, in_channels: int, width: int, *, stride: int, config: ResNetConfig) -> None:
+        super().__init__()
+        out_channels = width * config.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        attention_options = (
+            dict(kernel_size=config.kernel_size, num_heads=config.num_heads, positional=config.positional,
+                 content=config.content, backend=config.backend)
+            if config.spatial == "attention" else {}
+        )
+        self.conv2 = create_spatial_mixer(config.spatial, width, width, stride=stride, **attention_options)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """(B, in_chans, H, W) -> (B, num_classes) logits. ``forward_features`` gives (B, 2048, H/32, W/32)."""
+
+    def __init__(self, config: ResNetConfig, *, num_classes: int = 1000, in_chans: int = 3) -> None:
+        super().__init__()
+        if num_classes < 0 or in_chans <= 0:
+            raise ValueError(f"num_classes must be >= 0 and in_chans > 0, got {num_classes} and {in_chans}")
+        self.config = config
+        self.num_classes = num_classes
+        if config.stem == "conv":
+            self.conv1 = nn.Conv2d(in_chans, config.stem_channels, 7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(config.stem_channels)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        elif config.stem == "attention":
+            self.stem = AttentionStem(
+                in_chans, config.stem_channels, num_heads=config.stem_heads,
+                num_value_mixtures=config.stem_value_mixtures,
+            )
+        else:
+            raise ValueError(f"stem must be 'conv' or 'attention', got {config.stem!r}")
+        channels = config.stem_channels
+        for index, (blocks, width) in enumerate(zip(config.layers, config.widths)):
+            stride = 1 if index == 0 else 2
+            stage = []
+            for block in range(blocks):
+                stage.append(Bottleneck(channels, width, stride=stride if block == 0 else 1, config=config))
+                channels = width * config.expansion
+            setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
+        self.num_features = channels
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(config.drop_rate)
+        self.fc = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if self.config.zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, Bottleneck):
+                    nn.init.zeros_(module.bn3.weight)
+        for module in self.modules():
+            if isinstance(module, LocalSelfAttention2d):
+                # fan-in init keeps q·k logits O(1) at the start; fan_out would make them large
+                nn.init.kaiming_normal_(module.qkv.weight, mode="fan_in", nonlinearity="linear")
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.stem == "attention":
+            return self.stem(x)
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.global_pool(self.forward_features(x)).flatten(1)
+        return self.fc(self.drop(x))
