@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from sasa.layers import AttentionStem
+
+
+@pytest.mark.parametrize("size,expected", [((32, 32), (8, 8)), ((37, 45), (10, 12)), ((224, 224), (56, 56))])
+def test_output_shape_stride_four(size, expected):
+    stem = AttentionStem(3, 64)
+    assert stem(torch.randn(1, 3, *size)).shape == (1, 64, *expected)
+
+
+def test_mixture_weights_are_a_softmax_over_value_matrices():
+    stem = AttentionStem(3, 16, num_value_mixtures=3)
+    weights = stem.mixture_weights()
+    assert weights.shape == (4, 4, 3)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(4, 4))
+
+
+def test_attention_stays_inside_each_block():
+    """Changing a pixel changes the pre-pool output only inside its own 4×4 block."""
+    stem = AttentionStem(3, 8, num_heads=2).eval()
+    stem.pool = torch.nn.Identity()
+    x = torch.randn(1, 3, 8, 8)
+    y = x.clone()
+    y[0, :, 1, 2] += 5.0
+    diff = (stem(x) - stem(y)).abs().sum(1)[0]
+    assert diff[:4, :4].min() > 0
+    assert diff[4:, :].max() == 0 and diff[:, 4:].max() == 0
+
+
+def test_padded_pixels_are_masked():
+    """A 5×5 image is padded to 8×8; cropping must give the same result as if the padding did not exist."""
+    stem = AttentionStem(3, 8).eval()
+    stem.pool = torch.nn.Identity()
+    x = torch.randn(1, 3, 5, 5)
+    full = stem(torch.nn.functional.pad(x, (0, 3, 0, 3), value=100.0))[..., :4, :4]
+    assert torch.allclose(stem(x)[..., :4, :4], full, atol=1e-5)  # the first block holds no padding
+    ones = stem(x)
+    assert torch.isfinite(ones).all() and ones.shape == (1, 8, 5, 5)
+
+
+def test_gradients_reach_every_parameter():
+    stem = AttentionStem(3, 16, num_heads=2)
+    stem(torch.randn(2, 3, 12, 12)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in stem.parameters())
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match=r"out_channels \(10\) must be even and divisible by num_heads \(4\)"):
+        AttentionStem(3, 10, num_heads=4)
+    with pytest.raises(ValueError, match="num_value_mixtures must be >= 1, got 0"):
+        AttentionStem(3, 16, num_value_mixtures=0)

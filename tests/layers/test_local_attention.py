@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from sasa.functional import local_attention2d
+from sasa.layers import LocalSelfAttention2d, RelativePositionEmbedding2d
+
+
+@pytest.mark.parametrize("stride,size,expected", [(1, 9, 9), (2, 8, 4), (2, 9, 5)])
+def test_shapes_and_stride(stride, size, expected):
+    layer = LocalSelfAttention2d(16, 32, kernel_size=3, num_heads=4, stride=stride)
+    out = layer(torch.randn(2, 16, size, size + 1))
+    assert out.shape == (2, 32, expected, (size + 1 + stride - 1) // stride)
+
+
+def test_parameter_count_matches_spec():
+    """Q, K, V are full 1×1 projections (3·C_in·C_out) plus k·C_out relative embeddings."""
+    layer = LocalSelfAttention2d(64, 128, kernel_size=7, num_heads=8)
+    assert sum(p.numel() for p in layer.parameters()) == 3 * 64 * 128 + 7 * 128
+
+
+def test_layer_equals_op_on_projections():
+    """The layer is: 1×1 projections, q scaled by 1/sqrt(D), op with the concatenated row/col table."""
+    torch.manual_seed(0)
+    layer = LocalSelfAttention2d(6, 8, kernel_size=3, num_heads=2).double()
+    x = torch.randn(1, 6, 5, 4, dtype=torch.float64)
+    q, k, v = layer.qkv(x).chunk(3, dim=1)
+    heads = lambda t: t.view(1, 2, 4, 5, 4).permute(0, 1, 3, 4, 2)  # noqa: E731
+    out = local_attention2d(heads(q) / 2.0, heads(k), heads(v), kernel_size=3, rel_pos=layer.rel_pos(2), backend="reference")
+    torch.testing.assert_close(layer(x), out.permute(0, 1, 4, 2, 3).reshape(1, 8, 5, 4))
+
+
+def test_relative_embedding_is_row_then_column_concatenation():
+    emb = RelativePositionEmbedding2d(8, 3)
+    table = emb(num_heads=1)[0]  # (k, k, 8)
+    for a in range(3):
+        for c in range(3):
+            torch.testing.assert_close(table[a, c], torch.cat([emb.row[a], emb.col[c]]))
+    per_head = emb(num_heads=2)
+    torch.testing.assert_close(per_head[0], table[..., :4])
+    torch.testing.assert_close(per_head[1], table[..., 4:])
+
+
+def test_positional_variants():
+    x = torch.randn(2, 8, 6, 6)
+    for options in ({"positional": "none"}, {"positional": "absolute", "input_size": (6, 6)}, {"content": False}):
+        layer = LocalSelfAttention2d(8, 16, kernel_size=3, num_heads=2, **options)
+        out = layer(x)
+        out.sum().backward()
+        assert out.shape == (2, 16, 6, 6)
+    assert LocalSelfAttention2d(8, 16, positional="none").rel_pos is None
+
+
+def test_content_false_ignores_keys():
+    layer = LocalSelfAttention2d(4, 8, kernel_size=3, num_heads=2, content=False)
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        base = layer(x)
+        layer.qkv.weight[8:16].normal_()  # the key projection
+        torch.testing.assert_close(layer(x), base)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(out_channels=30, num_heads=8), ValueError, r"out_channels \(30\) must be divisible by num_heads \(8\)"),
+        (dict(out_channels=9, num_heads=3), ValueError, "out_channels must be even"),
+        (dict(kernel_size=4), ValueError, "kernel_size must be a positive odd integer, got 4"),
+        (dict(stride=3), ValueError, "stride must be 1 or 2, got 3"),
+        (dict(positional="sinusoid"), ValueError, "positional must be one of"),
+        (dict(positional="absolute"), ValueError, "needs input_size"),
+        (dict(positional="none", content=False), ValueError, "content=False leaves only the q·r logit"),
+    ],
+)
+def test_bad_options(kwargs, error, match):
+    options = dict(in_channels=8, out_channels=16, num_heads=2) | kwargs
+    with pytest.raises(error, match=match):
+        LocalSelfAttention2d(options.pop("in_channels"), options.pop("out_channels"), **options)
+
+
+def test_absolute_wrong_size():
+    layer = LocalSelfAttention2d(4, 8, num_heads=2, positional="absolute", input_size=(6, 6))
+    with pytest.raises(ValueError, match=r"built for input size \(6, 6\), got \(5, 6\)"):
+        layer(torch.randn(1, 4, 5, 6))

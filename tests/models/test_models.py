@@ -1,0 +1,83 @@
+import pytest
+import timm
+import torch
+
+import sasa
+from sasa.profile import count_flops, count_params
+
+# Paper Table 1 (SPEC §4): GFLOPs and params (M) at 224×224, 1000 classes.
+TABLE_1 = {
+    "resnet26": (4.7, 13.7), "sa_resnet26_convstem": (4.5, 10.3), "sa_resnet26": (4.7, 10.3),
+    "resnet38": (6.5, 19.6), "sa_resnet38_convstem": (5.7, 14.1), "sa_resnet38": (6.1, 14.1),
+    "resnet50": (8.2, 25.6), "sa_resnet50_convstem": (7.0, 18.0), "sa_resnet50": (7.2, 18.0),
+}
+
+
+def test_registry_lists_the_nine_models():
+    assert sorted(sasa.list_models()) == sorted(TABLE_1)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_1))
+def test_params_and_flops_match_table_1(name):
+    flops, params = TABLE_1[name]
+    model = sasa.create_model(name)
+    assert count_params(model) / 1e6 == pytest.approx(params, rel=0.01)
+    assert count_flops(model, 224) / 1e9 == pytest.approx(flops, rel=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_1))
+@pytest.mark.parametrize("size", [32, 64])
+def test_forward_backward_every_parameter_gets_a_gradient(name, size):
+    model = sasa.create_model(name, num_classes=7, zero_init_residual=False)
+    out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 7)
+    out.square().mean().backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, param_name
+        assert torch.isfinite(param.grad).all(), param_name
+        # at 32×32 layer4 sees a 1×1 map, where attention returns v and rel_pos has no effect
+        if size > 32:
+            assert param.grad.abs().sum() > 0, param_name
+
+
+@pytest.mark.parametrize("size", [(33, 47), (40, 40)])
+def test_odd_input_sizes(size):
+    model = sasa.create_model("sa_resnet26", num_classes=3).eval()
+    assert model(torch.randn(1, 3, *size)).shape == (1, 3)
+
+
+def test_families_differ_only_in_config():
+    base, conv_stem, full = (type(sasa.create_model(n, num_classes=2)) for n in ("resnet26", "sa_resnet26_convstem", "sa_resnet26"))
+    assert base is conv_stem is full is sasa.models.ResNet
+
+
+def test_canonical_attribute_names():
+    model = sasa.create_model("sa_resnet26_convstem", num_classes=5)
+    for name in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"):
+        assert hasattr(model, name)
+    assert isinstance(model.layer2[0].conv2, sasa.layers.LocalSelfAttention2d)
+    assert isinstance(sasa.create_model("sa_resnet26", num_classes=5).stem, sasa.layers.AttentionStem)
+
+
+def test_overrides_and_in_chans():
+    model = sasa.create_model("sa_resnet26", num_classes=4, in_chans=1, kernel_size=5, num_heads=4).eval()
+    assert model.layer1[0].conv2.kernel_size == 5 and model.layer1[0].conv2.num_heads == 4
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 4)
+
+
+def test_timm_registration():
+    model = timm.create_model("sa_resnet26", num_classes=10)
+    assert isinstance(model, sasa.models.ResNet) and model.fc.out_features == 10
+    assert "sa_resnet50_convstem" in timm.list_models("sa_resnet*")
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model("sa_resnet26", pretrained=True)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(ValueError, match="unknown model .sa_resnet25.; did you mean .*sa_resnet26"):
+        sasa.create_model("sa_resnet25")
+
+
+def test_unknown_override():
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['kernel'\]"):
+        sasa.create_model("sa_resnet26", kernel=5)
