@@ -94,3 +94,46 @@ def test_reference_gradcheck_float64(rel):
         return local_attention2d(*tensors[:3], kernel_size=kernel_size, rel_pos=rel_pos, backend="reference")
 
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+def dense_masked_attention(q, k, v, kernel_size, rel_pos):
+    """A second, independent formulation: full H·W × H·W attention with a window mask."""
+    batch, heads, height, width, dim = q.shape
+    r = kernel_size // 2
+    rows = torch.arange(height).repeat_interleave(width)
+    cols = torch.arange(width).repeat(height)
+    d_row = rows[None, :] - rows[:, None]  # key row - query row
+    d_col = cols[None, :] - cols[:, None]
+    inside = (d_row.abs() <= r) & (d_col.abs() <= r)
+    qf, kf, vf = (t.reshape(batch, heads, height * width, -1) for t in (q, k, v))
+    logits = qf @ kf.transpose(-1, -2)
+    if rel_pos is not None:
+        table = rel_pos if rel_pos.dim() == 4 else rel_pos.expand(heads, -1, -1, -1)
+        rel = table[:, (d_row + r).clamp(0, kernel_size - 1), (d_col + r).clamp(0, kernel_size - 1)]  # (N, L, L, D)
+        logits = logits + torch.einsum("bnld,nlmd->bnlm", qf, rel)
+    weights = logits.masked_fill(~inside, float("-inf")).softmax(-1)
+    return (weights @ vf).reshape(batch, heads, height, width, -1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reference_matches_dense_formulation_values_and_gradients(seed):
+    gen = torch.Generator().manual_seed(seed)
+    pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))  # noqa: E731
+    batch, heads, height, width = pick(1, 2), pick(1, 3), pick(1, 9), pick(1, 9)
+    dim, value_dim, kernel_size = pick(1, 5), pick(1, 5), 2 * pick(0, 4) + 1
+    rel_kind = seed % 3
+    q = torch.randn(batch, heads, height, width, dim, dtype=torch.float64, generator=gen, requires_grad=True)
+    k = torch.randn(q.shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(batch, heads, height, width, value_dim, dtype=torch.float64, generator=gen, requires_grad=True)
+    rel_shape = [None, (kernel_size, kernel_size, dim), (heads, kernel_size, kernel_size, dim)][rel_kind]
+    rel_pos = None if rel_shape is None else torch.randn(rel_shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    leaves = [t for t in (q, k, v, rel_pos) if t is not None]
+    grad_out = torch.randn(batch, heads, height, width, value_dim, dtype=torch.float64, generator=gen)
+
+    expected = dense_masked_attention(q, k, v, kernel_size, rel_pos)
+    expected_grads = torch.autograd.grad(expected, leaves, grad_out)
+    got = local_attention2d(q, k, v, kernel_size=kernel_size, rel_pos=rel_pos, backend="reference")
+    got_grads = torch.autograd.grad(got, leaves, grad_out)
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e)
