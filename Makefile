@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/sasa profile
+	@echo "== training sa_resnet26 on the embedded digits set (CPU, digits recipe: 10 epochs) =="
+	$(BIN)/sasa train --model sa_resnet26 --data digits --out runs/demo-sa_resnet26 --device cpu --force
+	$(BIN)/sasa eval --checkpoint runs/demo-sa_resnet26/best.safetensors --data digits --device cpu \
+		--out runs/demo-sa_resnet26/eval.json
+	@echo "run directory: runs/demo-sa_resnet26 (metrics.csv, curves.png, best.safetensors)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

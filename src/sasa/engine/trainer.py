@@ -1,0 +1,358 @@
+"""A generic epoch loop: the task says what a step and an evaluation are, the trainer does the rest.
+
+The rest is: SGD-Nesterov / AdamW with no weight decay on norms and biases, timm's cosine schedule
+with linear warm-up (stepped per iteration or per epoch), AMP (bf16 autocast on CPU, fp16 +
+GradScaler on CUDA), optional gradient clipping and EMA of the weights (timm ModelEmaV3), DDP-aware
+metric reduction, progress output, and per-epoch checkpoints in a :class:`~sasa.engine.RunDir`
+(``last.safetensors``, ``best.safetensors``, ``metrics.*``, ``curves.png`` and, last, ``state.pt``)
+from which :meth:`Trainer.resume` continues exactly after the last completed epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Mapping, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sasa.engine.distributed import DistributedContext, all_reduce_sums, barrier, set_epoch, unwrap_model
+from sasa.engine.io import load_state, save_state, save_weights
+from sasa.engine.progress import ProgressReporter, format_metrics
+from sasa.engine.run_dir import RunDir
+
+Autocast = Callable[[], ContextManager]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every task (flat, JSON-serialisable, stored in state.pt)."""
+
+    epochs: int
+    lr: float
+    weight_decay: float = 1e-4
+    opt: str = "sgd"  # "sgd" (momentum, Nesterov) or "adamw"
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6  # lr at the start of the linear warm-up
+    min_lr: float = 0.0  # lr at the end of the cosine decay
+    sched_per: str = "step"  # "step": update the lr every iteration; "epoch": once per epoch
+    amp: bool = False
+    grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    ema: bool = False
+    ema_decay: float = 0.999
+    seed: int = 0
+    stop_after: int | None = None  # stop after this many completed epochs (resume later); None: run all
+
+    def __post_init__(self) -> None:
+        if self.opt not in ("sgd", "adamw"):
+            raise ValueError(f"opt must be 'sgd' or 'adamw', got {self.opt!r}")
+        if self.sched_per not in ("step", "epoch"):
+            raise ValueError(f"sched_per must be 'step' or 'epoch', got {self.sched_per!r}")
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+
+
+@dataclass
+class StepResult:
+    """What a task's ``train_step`` returns.
+
+    ``loss``: the scalar to backpropagate (a mean over the batch). ``batch_size``: images in the batch.
+    ``sums``: metrics summed over the batch (e.g. ``{"loss": loss * n, "acc": 100 * correct}``); the
+    trainer reports ``sums[k] / images`` as ``train_<k>``. ``counts``: raw counts (e.g. skipped images),
+    reported as ``train_<k>`` summed, and only when non-zero.
+    """
+
+    loss: torch.Tensor
+    batch_size: int
+    sums: dict[str, float]
+    counts: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class Task(Protocol):
+    """What the trainer needs from a task (classification, detection, ...)."""
+
+    best_metric: str  # row key that selects best.safetensors, e.g. "val_top1" or "val_map"
+    best_mode: str  # "max" or "min"
+
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult | None:
+        """Forward one batch (runs under autocast) and return the loss; None skips the batch."""
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, ctx: DistributedContext, autocast: Autocast) -> dict[str, float]:
+        """Metrics over this rank's shard of ``loader``, reduced over ranks (e.g. with
+        :func:`~sasa.engine.distributed.all_reduce_sums`); keys like ``val_loss``, ``val_top1``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# pieces usable on their own
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_factory(device: torch.device, enabled: bool) -> Autocast:
+    """``with autocast():`` bf16 on CPU, fp16 on CUDA; a no-op context when AMP is off."""
+    if not enabled:
+        return contextlib.nullcontext
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum or AdamW; norms and biases (1-D parameters) get no weight decay."""
+    from timm.optim import param_groups_weight_decay
+
+    groups = param_groups_weight_decay(model, config.weight_decay)
+    if config.opt == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
+    """Linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup_epochs``, then cosine decay to ``min_lr``
+    at the end of ``epochs``. Counted in iterations when ``sched_per == "step"``."""
+    unit = steps_per_epoch if config.sched_per == "step" else 1
+    warmup = int(round(config.warmup_epochs * unit))
+    total = config.epochs * unit
+    return CosineLRScheduler(
+        optimizer, t_initial=max(total - warmup, 1), lr_min=config.min_lr, warmup_t=warmup,
+        warmup_lr_init=config.warmup_lr, warmup_prefix=True, t_in_epochs=config.sched_per == "epoch",
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) RNG states in weights_only-loadable types."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather_rng_states(ctx: DistributedContext) -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (each rank augments with its own stream)."""
+    local = rng_state()
+    if not ctx.is_distributed:
+        return [local]
+    states: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(states, local)
+    return states
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train ``model`` on ``task`` for ``config.epochs``, checkpointing into ``run`` after every epoch.
+
+    ``model`` is already on ``ctx.device`` (and DDP-wrapped when distributed, see
+    :func:`~sasa.engine.distributed.wrap_model`). ``metadata`` goes into both safetensors files
+    (JSON-serialisable values; say how to rebuild the model). Only the main rank writes ``run``.
+    """
+
+    def __init__(
+        self, *, model: nn.Module, task: Task, train_loader: DataLoader, val_loader: DataLoader | None,
+        config: TrainConfig, run: RunDir, ctx: DistributedContext, progress: ProgressReporter | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model, self.task, self.config, self.run, self.ctx = model, task, config, run, ctx
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.progress = progress or ProgressReporter(enabled=ctx.is_main)
+        self.metadata = dict(metadata or {})
+        self.steps_per_epoch = len(train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError("the training set gives no batch: it is empty or smaller than one batch per process")
+        self.optimizer = build_optimizer(unwrap_model(model), config)
+        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.autocast = autocast_factory(ctx.device, config.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and ctx.device.type == "cuda")
+        self.ema = None
+        if config.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(unwrap_model(model), decay=config.ema_decay)
+        self.start_epoch = 0  # completed epochs
+        self.num_updates = 0
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self.rows: list[dict[str, Any]] = []
+
+    # -- resume ----------------------------------------------------------------------------------
+
+    def resume(self) -> int:
+        """Load ``run/state.pt``: weights, optimizer, scheduler, scaler, EMA, RNG, best metric, metrics
+        rows. Returns the number of completed epochs; :meth:`fit` continues after it."""
+        state = load_state(self.run.state, map_location="cpu")
+        unwrap_model(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["train_config"].get("epochs") == self.config.epochs:
+            self.scheduler.load_state_dict(state["scheduler"])
+        # else: more (or fewer) epochs than the run started with: the cosine is re-laid over the new
+        # length and continues from num_updates (set below), rather than ending at the old length
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"cannot resume {str(self.run.path)!r} with EMA: the run was trained without it")
+            self.ema.module.load_state_dict(state["ema"])
+        self.start_epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(
+                f"cannot resume {str(self.run.path)!r}: it ran {state['steps_per_epoch']} steps per epoch, "
+                f"now {self.steps_per_epoch} (batch size, data or number of processes changed)"
+            )
+        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+        rng = state["rng"]
+        set_rng_state(rng[self.ctx.rank] if len(rng) == self.ctx.world_size else rng[0])
+        # rows of epochs after the commit point (killed between metrics and state) are dropped
+        self.rows = [row for row in self.run.read_metrics() if row["epoch"] <= self.start_epoch]
+        if self.config.sched_per == "step":
+            self.scheduler.step_update(self.num_updates)
+        else:
+            self.scheduler.step(self.start_epoch)
+        return self.start_epoch
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Run the remaining epochs; returns every epoch's metrics row (including resumed ones)."""
+        last = self.config.epochs
+        if self.config.stop_after is not None:
+            last = min(last, self.config.stop_after)
+        for epoch in range(self.start_epoch, last):
+            row = self.train_one_epoch(epoch)
+            self._checkpoint(epoch + 1, row)
+        return self.rows
+
+    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        model, ctx, config = self.model, self.ctx, self.config
+        model.train()
+        set_epoch(self.train_loader, epoch)
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, float] = defaultdict(float)
+        images = 0
+        bar = self.progress.epoch(desc=f"epoch {epoch + 1}/{config.epochs}", total=self.steps_per_epoch)
+        start = time.perf_counter()
+        for batch in self.train_loader:
+            with self.autocast():
+                result = self.task.train_step(model, batch, ctx.device)
+            if result is None:
+                continue
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(result.loss).backward()
+            if config.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.num_updates += 1
+            if self.ema is not None:
+                self.ema.update(unwrap_model(model), step=self.num_updates)
+            self.scheduler.step_update(self.num_updates)
+            if not math.isfinite(result.loss.item()):
+                raise FloatingPointError(f"loss is {result.loss.item()} at epoch {epoch + 1}; lower --lr or disable --amp")
+            for key, value in result.sums.items():
+                sums[key] += float(value)
+            for key, value in result.counts.items():
+                counts[key] += float(value)
+            images += result.batch_size
+            bar.update(result.batch_size * ctx.world_size, {key: sums[key] / images for key in sums})
+        bar.close()
+        train_seconds = time.perf_counter() - start
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step(epoch + 1)
+
+        totals = all_reduce_sums({**{f"s:{k}": v for k, v in sums.items()}, **{f"c:{k}": v for k, v in counts.items()},
+                                  "images": images, "seconds": train_seconds}, ctx)
+        total_images = totals["images"]
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        for key in sums:
+            row[f"train_{key}"] = totals[f"s:{key}"] / max(total_images, 1)
+        if self.val_loader is not None:
+            self.eval_model.eval()
+            with torch.no_grad():
+                row.update(self.task.evaluate(self.eval_model, self.val_loader, ctx, self.autocast))
+        row["lr"] = lr
+        # throughput of the slowest rank's wall time: images of all ranks / mean seconds per rank
+        row["images_per_s"] = total_images / max(totals["seconds"] / ctx.world_size, 1e-9)
+        row["epoch_seconds"] = time.perf_counter() - start
+        for key in counts:
+            if totals[f"c:{key}"]:
+                row[f"train_{key}"] = int(totals[f"c:{key}"])
+        return row
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved in the safetensors files: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else unwrap_model(self.model)
+
+    def _is_better(self, value: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.task.best_mode == "max" else value < self.best_value
+
+    def _checkpoint(self, completed: int, row: dict[str, Any]) -> None:
+        """Write the epoch's files; state.pt goes last, so a kill before it leaves the previous epoch
+        resumable (the newer last/metrics files are then rewritten when that epoch runs again)."""
+        value = row.get(self.task.best_metric)
+        improved = self._is_better(value)
+        if improved:
+            self.best_value, self.best_epoch = float(value), completed
+        self.rows.append(row)
+        rng = _gather_rng_states(self.ctx)  # collective: every rank takes part
+        if self.ctx.is_main:
+            weights = self.eval_model.state_dict()
+            metadata = {**self.metadata, "epoch": completed, **{k: v for k, v in row.items() if k != "epoch"}}
+            self.run.last.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(self.run.last, weights, metadata)
+            if improved:
+                save_weights(self.run.best, weights, metadata)
+            self.run.write_metrics(self.rows)
+            self.run.plot_curves(self.rows)
+            save_state(self.run.state, {
+                "epoch": completed,
+                "num_updates": self.num_updates,
+                "steps_per_epoch": self.steps_per_epoch,
+                "model": unwrap_model(self.model).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "best_value": self.best_value,
+                "best_epoch": self.best_epoch,
+                "rng": rng,
+                "train_config": dataclasses.asdict(self.config),
+            })
+            best = f"{self.task.best_metric} best {self.best_value:.4g} (epoch {self.best_epoch})" if self.best_value is not None else ""
+            shown = {k: v for k, v in row.items() if k not in ("epoch",)}
+            self.progress.summary(f"epoch {completed}/{self.config.epochs}  {format_metrics(shown)}  {best}".rstrip())
+        barrier(self.ctx)

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sasa.data import build_eval_transform, collate_skipping, load_classification_data, subset
+
+
+def make_image_folder(root, classes=("cat", "dog"), splits=("train", "val"), per_class=3, size=12):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_digits_split_is_fixed_stratified_and_sized():
+    data = load_classification_data("digits", img_size=32)
+    assert (len(data.train), len(data.val)) == (1437, 360)
+    image, label = data.val[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    counts = torch.bincount(data.val.labels, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified: 36 ± 1 per class
+    again = load_classification_data("digits", img_size=32)
+    assert torch.equal(again.val.images, data.val.images)
+
+
+def test_digits_augmentation_shifts_but_eval_does_not():
+    data = load_classification_data("digits", img_size=32)
+    torch.manual_seed(0)
+    shifted = [data.train[0][0] for _ in range(8)]
+    assert any(not torch.equal(shifted[0], s) for s in shifted[1:])
+    assert torch.equal(data.val[0][0], data.val[0][0])
+
+
+def test_digits_eval_transform_matches_the_dataset(tmp_path):
+    """What `sasa predict` does to an image file is what training did to the array."""
+    from sklearn.datasets import load_digits
+
+    data = load_classification_data("digits", img_size=32)
+    raw = load_digits().images[0]
+    path = tmp_path / "digit.png"
+    Image.fromarray((raw * 255 / 16).round().astype(np.uint8), mode="L").save(path)
+    from sasa.data.classification import DigitsDataset
+
+    reference = DigitsDataset(raw[None], np.array([0]), img_size=32, mean=data.val.mean, std=data.val.std, augment=False)[0][0]
+    with Image.open(path) as image:
+        produced = build_eval_transform(data.preprocess)(image.convert("RGB"))
+    assert produced.shape == reference.shape
+    assert (produced - reference).abs().mean() < 0.05
+
+
+def test_image_folder_loads_classes_and_subsets(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=("a", "b", "c"))
+    data = load_classification_data(str(root), img_size=8)
+    assert data.class_names == ["a", "b", "c"]
+    assert len(data.train) == 9
+    image, label = data.val[0]
+    assert image.shape == (3, 8, 8)
+    small = subset(data.train, 4)
+    assert len(small) == 4 and len({data.train.samples[i][1] for i in small.indices}) > 1
+
+
+@pytest.mark.parametrize(
+    "setup, error, message",
+    [
+        (lambda root: None, FileNotFoundError, "neither 'digits' nor an existing folder"),
+        (lambda root: root.mkdir(), FileNotFoundError, "no train/ or val/"),
+        (lambda root: make_image_folder(root, splits=("train",)), FileNotFoundError, "no val/"),
+        (lambda root: ((root / "train").mkdir(parents=True), (root / "val").mkdir()), ValueError, "no class folders"),
+        (lambda root: ((root / "train" / "a").mkdir(parents=True), (root / "val" / "a").mkdir(parents=True)),
+         ValueError, "no image files"),
+    ],
+)
+def test_bad_folders_are_clear_errors(tmp_path, setup, error, message):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(error, match=message):
+        load_classification_data(str(root), img_size=8)
+
+
+def test_train_and_val_with_different_classes(tmp_path):
+    root = make_image_folder(tmp_path / "data", splits=("train",), classes=("a", "b"))
+    make_image_folder(root, splits=("val",), classes=("a", "c"))
+    with pytest.raises(ValueError, match=r"only in train: \['b'\], only in val: \['c'\]"):
+        load_classification_data(str(root), img_size=8)
+
+
+def test_unreadable_images_are_skipped_with_a_warning_and_counted(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    (root / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    data = load_classification_data(str(root), img_size=8)
+    items = []
+    with pytest.warns(RuntimeWarning, match="broken.png"):
+        items = [data.train[i] for i in range(len(data.train))]
+    images, labels, skipped = collate_skipping(items)
+    assert skipped == 1 and images.shape[0] == len(data.train) - 1
+    assert collate_skipping([None, None]) == (None, None, 2)
