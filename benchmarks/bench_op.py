@@ -1,0 +1,267 @@
+"""Benchmark of the local attention op: every runnable backend vs the reference and a 3x3 conv.
+
+Shapes (batch B=8, N=8 heads, D = C/8): the four ResNet stages at k=7 (56x56x64,
+28x28x128, 14x14x256, 7x7x512) and k = 3, 7, 11 at 56x56x64. For each shape it times
+  * every backend that can run the inputs (``explain_backend``), the reference included,
+  * ``nn.Conv2d(C, C, 3, padding=1)`` on the same (B, C, H, W) activation,
+for the forward (under ``no_grad``) and forward+backward (gradients for q, k, v and
+rel_pos; for the conv, input and weights). All timings of one shape are interleaved
+(round robin over the methods, ``--repeats`` rounds after one warm-up round) and the table
+reports the best round ("min"); the JSON keeps min and median. Ratios are computed from
+numbers measured in the same run: ``x conv`` (time / conv time, same pass),
+``vs ref`` (reference time / time) and ``mem x conv`` (peak memory / conv peak memory).
+
+Peak memory, fwd+bwd:
+  * CUDA: ``torch.cuda.max_memory_allocated`` during the call minus what was allocated
+    before it (inputs excluded).
+  * CPU: the peak of live bytes of tensors allocated through PyTorch's CPU allocator during
+    the call (torch.profiler with ``profile_memory=True``, replayed through its memory
+    timeline: creations minus destructions, inputs excluded). Memory that kernels allocate
+    outside PyTorch's allocator (the fused kernel's per-thread scratch, a few KB; oneDNN
+    or MKL scratch buffers of the conv) is not counted. Measured in a separate, untimed
+    pass because profiling slows the run.
+
+Usage: python benchmarks/bench_op.py [--device cpu|cuda] [--repeats 5] [--quick]
+       [--out bench_results/bench_op.json] [--threads T] [--clock wall|process] [--skip NAME ...]
+On a shared (loaded) machine wall-clock times with several threads are dominated by
+waiting for descheduled OpenMP threads; ``--threads 1 --clock process`` gives CPU-time
+ratios that do not depend on the load.
+``--quick`` runs only 56x56x64 k=7 and 7x7x512 with 2 repeats (and skips the reference
+where it would take more than a few seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+import sasa.functional as SF  # noqa: E402
+
+STAGES = [(56, 64), (28, 128), (14, 256), (7, 512)]
+KERNELS = [3, 7, 11]
+
+
+def configs(quick: bool):
+    if quick:
+        return [(56, 64, 7), (7, 512, 7)]
+    out = [(s, c, 7) for s, c in STAGES]
+    out += [(56, 64, k) for k in KERNELS if k != 7]
+    return out
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Method:
+    """One thing to time on one shape: forward() and fwd_bwd() closures."""
+
+    def __init__(self, name, forward, fwd_bwd):
+        self.name, self.forward, self.fwd_bwd = name, forward, fwd_bwd
+
+
+def attention_method(name, batch, heads, size, channels, ks, device, dtype):
+    dim = channels // heads
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    make = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype).to(device)  # noqa: E731
+    q = make(batch, heads, size, size, dim) * dim**-0.5
+    k, v = make(batch, heads, size, size, dim), make(batch, heads, size, size, dim)
+    rel = make(ks, ks, dim)
+    grad_out = make(batch, heads, size, size, dim)
+    leaves = [t.requires_grad_(True) for t in (q, k, v, rel)]
+
+    def forward():
+        with torch.no_grad():
+            return SF.local_attention2d(q, k, v, kernel_size=ks, rel_pos=rel, backend=name)
+
+    def fwd_bwd():
+        out = SF.local_attention2d(q, k, v, kernel_size=ks, rel_pos=rel, backend=name)
+        torch.autograd.grad(out, leaves, grad_out)
+
+    runnable = dict(SF.explain_backend(q, k, v, kernel_size=ks, rel_pos=rel))
+    return Method(name, forward, fwd_bwd), runnable
+
+
+def conv_method(batch, size, channels, device, dtype):
+    conv = nn.Conv2d(channels, channels, 3, padding=1).to(device, dtype)
+    x = torch.randn(batch, channels, size, size, device=device, dtype=dtype, requires_grad=True)
+    grad_out = torch.randn(batch, channels, size, size, device=device, dtype=dtype)
+    params = [x, *conv.parameters()]
+
+    def forward():
+        with torch.no_grad():
+            return conv(x)
+
+    def fwd_bwd():
+        torch.autograd.grad(conv(x), params, grad_out)
+
+    return Method("conv3x3", forward, fwd_bwd)
+
+
+def peak_memory(fn, device) -> int:
+    """Peak bytes allocated during fn() above what was live before (see module docstring)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    live = peak = 0
+    sizes: dict = {}
+    for _, action, key, size in prof._memory_profile().timeline:
+        name = getattr(action, "name", str(action))
+        if name == "CREATE":
+            sizes[key] = size
+            live += size
+        elif name == "DESTROY" and key in sizes:
+            live -= sizes.pop(key)
+        elif name == "INCREMENT_VERSION":
+            continue
+        peak = max(peak, live)
+    return peak
+
+
+def time_methods(methods, device, repeats, which, clock=time.perf_counter):
+    samples = {m.name: [] for m in methods}
+    for round_ in range(repeats + 1):  # round 0 is the warm-up
+        for m in methods:
+            fn = m.forward if which == "fwd" else m.fwd_bwd
+            _sync(device)
+            start = clock()
+            fn()
+            _sync(device)
+            if round_ > 0:
+                samples[m.name].append(clock() - start)
+    return samples
+
+
+def run(args):
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = torch.float32
+    batch, heads = 8, 8
+    repeats = 2 if args.quick and args.repeats is None else (args.repeats or 5)
+    results = []
+    for size, channels, ks in configs(args.quick):
+        probe, runnable = attention_method("reference", batch, heads, size, channels, ks, device, dtype)
+        names = [n for n, why in runnable.items() if why is None]
+        skipped = {n: why for n, why in runnable.items() if why is not None}
+        if args.quick and size * size * ks * ks > 56 * 56 * 49 and "reference" in names and len(names) > 1:
+            names.remove("reference")
+            skipped["reference"] = "skipped in --quick"
+        if args.skip:
+            for n in args.skip:
+                if n in names:
+                    names.remove(n)
+                    skipped[n] = "skipped by --skip"
+        methods = [attention_method(n, batch, heads, size, channels, ks, device, dtype)[0] for n in names]
+        methods.append(conv_method(batch, size, channels, device, dtype))
+        del probe
+        row = {"H": size, "W": size, "C": channels, "heads": heads, "D": channels // heads, "k": ks, "B": batch}
+        clock = time.process_time if args.clock == "process" else time.perf_counter
+        fwd = time_methods(methods, device, repeats, "fwd", clock)
+        fb = time_methods(methods, device, repeats, "fwd_bwd", clock)
+        mem = {m.name: peak_memory(m.fwd_bwd, device) for m in methods} if not args.no_memory else {}
+        row["methods"] = {
+            m.name: {
+                "fwd_min_s": min(fwd[m.name]),
+                "fwd_median_s": statistics.median(fwd[m.name]),
+                "fwd_bwd_min_s": min(fb[m.name]),
+                "fwd_bwd_median_s": statistics.median(fb[m.name]),
+                "fwd_bwd_peak_bytes": mem.get(m.name),
+            }
+            for m in methods
+        }
+        row["skipped"] = skipped
+        results.append(row)
+        print_row(row)
+        sys.stdout.flush()
+    return results
+
+
+def print_row(row):
+    methods = row["methods"]
+    conv = methods["conv3x3"]
+    ref = methods.get("reference")
+    title = f"{row['H']}x{row['W']}x{row['C']}  k={row['k']}  (B={row['B']}, {row['heads']} heads of D={row['D']})"
+    print(f"\n{title}")
+    header = f"{'method':<11}{'fwd ms':>9}{'x conv':>8}{'vs ref':>8}{'fwd+bwd ms':>12}{'x conv':>8}{'vs ref':>8}{'peak MB':>10}{'mem x conv':>11}"
+    print(header)
+    print("-" * len(header))
+    for name, m in methods.items():
+        f, fb = m["fwd_min_s"], m["fwd_bwd_min_s"]
+        vs_f = f"{ref['fwd_min_s'] / f:7.1f}x" if ref else "     - "
+        vs_fb = f"{ref['fwd_bwd_min_s'] / fb:7.1f}x" if ref else "     - "
+        mem = m["fwd_bwd_peak_bytes"]
+        cmem = conv["fwd_bwd_peak_bytes"]
+        mem_s = f"{mem / 2**20:10.1f}" if mem is not None else "         -"
+        memx = f"{mem / cmem:10.1f}x" if mem is not None and cmem else "          -"
+        print(
+            f"{name:<11}{f * 1e3:9.1f}{f / conv['fwd_min_s']:7.2f}x{vs_f}{fb * 1e3:12.1f}"
+            f"{fb / conv['fwd_bwd_min_s']:7.2f}x{vs_fb}{mem_s}{memx}"
+        )
+    for name, why in row["skipped"].items():
+        print(f"  (not run: {name}: {why})")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per shape (default 5, 2 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="two shapes, 2 repeats, reference skipped when slow")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "process"],
+        help="wall: perf_counter; process: CPU time of the process (robust on a shared machine, "
+        "meaningful with --threads 1 since idle OpenMP threads may spin)",
+    )
+    parser.add_argument("--skip", nargs="*", default=[], help="backend names not to run")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument("--out", default=str(ROOT / "bench_results" / "bench_op.json"))
+    args = parser.parse_args(argv)
+    results = run(args)
+    meta = {
+        "device": args.device,
+        "cpu": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "clock": args.clock,
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "quick": args.quick,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "timing": "best and median of interleaved rounds after one warm-up round",
+        "memory": "fwd+bwd peak of live tensor bytes above the inputs (CPU: profiler memory timeline; "
+        "CUDA: max_memory_allocated)",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
