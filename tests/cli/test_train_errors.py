@@ -47,8 +47,8 @@ def checkpoint(tmp_path_factory):
     [
         (["--epochs", "abc"], "--epochs: expected a positive integer, got 'abc'"),
         (["--epochs", "0"], "--epochs: expected a positive integer, got 0"),
-        (["--lr", "-1"], "--lr: expected a finite non-negative number"),
-        (["--lr", "nan"], "--lr: expected a finite non-negative number"),
+        (["--lr", "-1"], "--lr: expected a finite positive number, got -1.0"),
+        (["--lr", "nan"], "--lr: expected a finite positive number, got nan"),
         (["--label-smoothing", "1.5"], "--label-smoothing: expected a number in [0, 1)"),
         (["--opt", "lamb"], "--opt: invalid choice: 'lamb'"),
         (["--device", "tpu"], "--device: invalid choice: 'tpu'"),
