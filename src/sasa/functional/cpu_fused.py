@@ -76,7 +76,14 @@ def _process_lock(directory: Path):
 def _build() -> Any:
     if os.environ.get("SASA_DISABLE_CPU_EXT", "") not in ("", "0"):
         raise RuntimeError("disabled by SASA_DISABLE_CPU_EXT")
-    from torch.utils import cpp_extension
+    # importing cpp_extension warns that no CUDA runtime exists: irrelevant to this CPU-only build
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    previous_level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        cpp_logger.setLevel(previous_level)
 
     directory = _build_directory()
     directory.mkdir(parents=True, exist_ok=True)
