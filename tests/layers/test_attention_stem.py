@@ -51,3 +51,36 @@ def test_bad_options():
         AttentionStem(3, 10, num_heads=4)
     with pytest.raises(ValueError, match="num_value_mixtures must be >= 1, got 0"):
         AttentionStem(3, 16, num_value_mixtures=0)
+
+
+def brute_force_stem_attention(stem: AttentionStem, x: torch.Tensor) -> torch.Tensor:
+    """The definition, pixel by pixel: spatially-aware values, q·k + q·cat(row[Δa], col[Δc]), in-image keys only."""
+    s, heads, dim = stem.block_size, stem.num_heads, stem.head_dim
+    batch, _, height, width = x.shape
+    mix = stem.mixture_weights()
+    out = torch.zeros(batch, stem.out_channels, height, width, dtype=x.dtype)
+    for b in range(batch):
+        for i in range(height):
+            for j in range(width):
+                q = stem.query @ x[b, :, i, j] * dim**-0.5
+                keys = [(a, c) for a in range(i - i % s, i - i % s + s) for c in range(j - j % s, j - j % s + s)
+                        if a < height and c < width]
+                for n in range(heads):
+                    part = slice(n * dim, (n + 1) * dim)
+                    logits, values = [], []
+                    for a, c in keys:
+                        k = stem.key @ x[b, :, a, c]
+                        r = torch.cat([stem.rel_pos.row[a - i + s - 1], stem.rel_pos.col[c - j + s - 1]])
+                        logits.append(q[part] @ (k[part] + r[part]))
+                        weight = sum(mix[a % s, c % s, m] * stem.values[m] for m in range(stem.num_value_mixtures))
+                        values.append((weight @ x[b, :, a, c])[part])
+                    probs = torch.stack(logits).softmax(0)
+                    out[b, part, i, j] = sum(p * v for p, v in zip(probs, values))
+    return out
+
+
+@pytest.mark.parametrize("heads,size", [(1, (4, 8)), (2, (6, 5)), (4, (3, 3))])
+def test_blocked_attention_matches_the_definition(heads, size):
+    stem = AttentionStem(3, 8, num_heads=heads, num_value_mixtures=3).double()
+    x = torch.randn(1, 3, *size, dtype=torch.float64)
+    torch.testing.assert_close(stem.attend(x), brute_force_stem_attention(stem, x))
