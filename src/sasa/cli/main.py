@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("sasa.cli.profile_cmd", "sasa.cli.train_cmd")
+COMMAND_MODULES = ("sasa.cli.profile_cmd", "sasa.cli.detect_cmd", "sasa.cli.train_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

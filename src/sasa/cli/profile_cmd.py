@@ -13,9 +13,9 @@ def add_parser(subparsers) -> None:
     models = subparsers.add_parser("models", help="list model names")
     models.set_defaults(func=run_models)
     profile = subparsers.add_parser("profile", help="parameters and FLOPs of models")
-    profile.add_argument("model", nargs="*", help="model names (default: every model)")
+    profile.add_argument("model", nargs="*", help="model or detector names (default: every model)")
     profile.add_argument("--img-size", type=positive_int, default=224)
-    profile.add_argument("--num-classes", type=positive_int, default=1000)
+    profile.add_argument("--num-classes", type=positive_int, help="default: 1000 for models, 80 for detectors")
     profile.add_argument("--json", action="store_true", help="print one JSON object per model")
     profile.set_defaults(func=run_profile)
 
@@ -31,14 +31,23 @@ def profile_model(name: str, *, img_size: int, num_classes: int) -> dict:
     return {"model": name, "params": params, "flops": flops, "img_size": img_size, "num_classes": num_classes}
 
 
+def profile_any(name: str, *, img_size: int, num_classes: int | None) -> dict:
+    """A classification model, or a detector (``sasa detectors``; one img_size×img_size image, not resized)."""
+    from sasa.detection import list_detectors, profile_detector
+
+    if name in list_detectors():
+        return profile_detector(name, img_size=img_size, num_classes=num_classes or 80)
+    return profile_model(name, img_size=img_size, num_classes=num_classes or 1000)
+
+
 def run_profile(args: argparse.Namespace) -> int:
     names = args.model or list_models()
-    rows = [profile_model(name, img_size=args.img_size, num_classes=args.num_classes) for name in names]
+    rows = [profile_any(name, img_size=args.img_size, num_classes=args.num_classes) for name in names]
     if args.json:
         for row in rows:
             print(json.dumps(row))
         return 0
-    print(f"{'model':<24} {'params (M)':>11} {'GFLOPs':>8}   @ {args.img_size}x{args.img_size}, {args.num_classes} classes")
+    print(f"{'model':<40} {'params (M)':>11} {'GFLOPs':>8}   @ {args.img_size}x{args.img_size}")
     for row in rows:
-        print(f"{row['model']:<24} {row['params'] / 1e6:>11.2f} {row['flops'] / 1e9:>8.2f}")
+        print(f"{row['model']:<40} {row['params'] / 1e6:>11.2f} {row['flops'] / 1e9:>8.2f}   {row['num_classes']} classes")
     return 0

@@ -1,0 +1,73 @@
+"""COCO box mAP with pycocotools: predictions -> COCO results -> COCOeval."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+
+# COCOeval.stats[0..5]
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def coco_from_dict(data: dict) -> COCO:
+    """A pycocotools COCO index over an in-memory dataset dict, without its console chatter."""
+    coco = COCO()
+    coco.dataset = {"info": {}, **data}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def coco_evaluate(ground_truth: dict | COCO, results: list[dict], *, image_ids=None) -> dict[str, float]:
+    """Box AP, AP50, AP75, APs, APm, APl (in [0, 1]; -1 where pycocotools has no ground truth in range).
+
+    ``results``: COCO results, ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
+    ``image_ids``: evaluate on these images only (default: every ground-truth image).
+    """
+    coco_gt = ground_truth if isinstance(ground_truth, COCO) else coco_from_dict(ground_truth)
+    if not results:  # loadRes rejects an empty list; nothing detected is AP 0 where AP is defined
+        return {name: 0.0 for name in METRIC_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
+
+
+def detections_to_coco(outputs: list[dict], image_ids, label_to_category_id) -> list[dict]:
+    """torchvision detections (xyxy boxes, contiguous labels) -> COCO results (xywh, category ids)."""
+    results = []
+    for output, image_id in zip(outputs, image_ids):
+        boxes = output["boxes"].detach().cpu()
+        boxes = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        for box, score, label in zip(boxes, output["scores"].tolist(), output["labels"].tolist()):
+            results.append({"image_id": int(image_id), "category_id": label_to_category_id[label],
+                            "bbox": [round(v, 2) for v in box], "score": float(score)})
+    return results
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, *, device: torch.device, label_to_category_id, progress=None) -> list[dict]:
+    """Run the detector over ``loader`` (batches of (images, targets)) and return COCO results."""
+    model.eval()
+    results = []
+    for images, targets in loader if progress is None else progress(loader):
+        outputs = model([image.to(device, non_blocking=True) for image in images])
+        image_ids = [int(target["image_id"]) for target in targets]
+        results += detections_to_coco(outputs, image_ids, label_to_category_id)
+    return results
+
+
+def evaluate_detector(model: nn.Module, dataset, loader, *, device: torch.device, progress=None) -> dict[str, float]:
+    """COCO metrics of ``model`` on a :class:`~sasa.detection.data.CocoDetection` set."""
+    results = predict(model, loader, device=device, label_to_category_id=dataset.label_to_category_id,
+                      progress=progress)
+    return coco_evaluate(dataset.coco, results, image_ids=[image["id"] for image in dataset.images])
