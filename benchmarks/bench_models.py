@@ -4,10 +4,8 @@ For each model: inference and train-step (forward + backward + SGD step) images/
 at --img-size (default 224) and --batch-size (default 8 on CPU, 64 on CUDA). Every figure is
 measured in this run and the table prints attention/conv ratios for each depth.
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during the timed steps. On CPU each model is
-measured in a fresh subprocess and the figure is the growth of the process's peak resident set
-(``ru_maxrss``) during the timed steps over its size just before them (model, optimizer and input
-already allocated), i.e. activations, gradients, optimizer state and workspace.
+Peak memory: of one step after the warm-up (model, input and optimizer state already allocated),
+in a separate untimed pass: activations, gradients and temporaries (see ``_memory.py``).
 
     python benchmarks/bench_models.py [--models resnet26 sa_resnet26 ...] [--device cuda] [--out FILE]
 """
@@ -15,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -25,17 +21,9 @@ from pathlib import Path
 import torch
 
 import sasa
+from _memory import peak_memory
 
 DEFAULT_MODELS = ["resnet26", "sa_resnet26", "resnet50", "sa_resnet50"]
-
-
-def _rss_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
 
 
 def _sync(device: str) -> None:
@@ -65,37 +53,15 @@ def measure(name: str, *, mode: str, device: str, batch_size: int, img_size: int
     for _ in range(warmup - 1):
         step()
     _sync(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _current_rss_bytes()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
         _sync(device)
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() - base if device == "cuda" else _rss_peak_bytes() - base
+    peak = peak_memory(step, torch.device(device))
     seconds = statistics.median(times)
     return {"model": name, "mode": mode, "seconds": seconds, "images_per_s": batch_size / seconds, "peak_bytes": max(peak, 0)}
-
-
-def _worker(queue, kwargs) -> None:
-    queue.put(measure(**kwargs))
-
-
-def measure_isolated(**kwargs) -> dict:
-    """Run :func:`measure` in a fresh process so that ru_maxrss belongs to this measurement alone."""
-    if kwargs["device"] == "cuda":
-        return measure(**kwargs)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    process = ctx.Process(target=_worker, args=(queue, kwargs))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
 
 
 def main() -> None:
@@ -112,7 +78,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         for mode in ("infer", "train"):
-            row = measure_isolated(
+            row = measure(
                 name=name, mode=mode, device=args.device, batch_size=batch_size, img_size=args.img_size,
                 warmup=args.warmup, repeats=args.repeats,
             )

@@ -43,6 +43,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from _memory import peak_memory  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
@@ -109,34 +111,6 @@ def conv_method(batch, size, channels, device, dtype):
         torch.autograd.grad(conv(x), params, grad_out)
 
     return Method("conv3x3", forward, fwd_bwd)
-
-
-def peak_memory(fn, device) -> int:
-    """Peak bytes allocated during fn() above what was live before (see module docstring)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
-    live = peak = 0
-    sizes: dict = {}
-    for _, action, key, size in prof._memory_profile().timeline:
-        name = getattr(action, "name", str(action))
-        if name == "CREATE":
-            sizes[key] = size
-            live += size
-        elif name == "DESTROY" and key in sizes:
-            live -= sizes.pop(key)
-        elif name == "INCREMENT_VERSION":
-            continue
-        peak = max(peak, live)
-    return peak
 
 
 def time_methods(methods, device, repeats, which, clock=time.perf_counter):
