@@ -87,3 +87,19 @@ def test_meta_profile_equals_full_forward():
     full = profile_detector("retinanet_sa_resnet26_attnhead", img_size=80, num_classes=3, fpn_channels=32,
                             full_forward=True)  # 80 is padded to 96 by the transform, in both
     assert fast == full
+
+
+def test_attention_head_residual_option():
+    """head_residual wraps each head/FPN attention as x + attn(x) (no parameters); False: plain replacement."""
+    from sasa.detection.model import ResidualAttention
+
+    residual = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, **TINY)
+    plain = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, head_residual=False, **TINY)
+    assert residual.config.head_residual and not plain.config.head_residual
+    assert isinstance(residual.head.classification_head.conv[0][0], ResidualAttention)
+    assert isinstance(residual.backbone.fpn.layer_blocks[0][0], ResidualAttention)
+    assert isinstance(plain.head.regression_head.conv[3][0], LocalSelfAttention2d)
+    assert count_params(residual) == count_params(plain)
+    x = torch.randn(1, 32, 8, 8)
+    block = residual.head.classification_head.conv[0][0]
+    assert torch.allclose(block(x), x + block.attention(x))

@@ -19,6 +19,10 @@ class DetectorConfig:
     backbone: str = "resnet50"  # any registered classification model
     head: str = "conv"  # spatial mixer of the FPN output convs and the 4+4 head convs: "conv" or "attention"
     fpn_channels: int = 256
+    # head="attention" only: each attention layer of the FPN and heads adds its input, x + attn(x)
+    # (before the head's GroupNorm + ReLU), so that 4 stacked head layers start near the
+    # identity instead of 4 near-uniform 7×7 averages; False: the paper's plain replacement
+    head_residual: bool = True
     head_norm: str = "group"  # GroupNorm(32) after each head conv (torchvision's RetinaNet v2); "none": v1
     kernel_size: int = 7  # attention window, backbone and heads
     num_heads: int = 8
