@@ -6,7 +6,7 @@ with LocalSelfAttention2d; see :mod:`sasa.detection.model` for exactly which one
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 HEAD_MIXERS = ("conv", "attention")
 HEAD_NORMS = ("group", "none")
@@ -38,9 +38,6 @@ class DetectorConfig:
     nms_thresh: float = 0.5
     detections_per_img: int = 100
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 def _detector_configs() -> dict[str, DetectorConfig]:

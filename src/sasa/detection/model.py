@@ -27,8 +27,6 @@ It keeps as convolutions, by decision:
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
 
 import torch
@@ -43,6 +41,7 @@ from sasa.detection.config import DETECTOR_CONFIGS, HEAD_MIXERS, HEAD_NORMS, Det
 from sasa.layers import LocalSelfAttention2d
 from sasa.models import create_model
 from sasa.profile import count_flops, count_params
+from sasa.registry import resolve, unknown_name_error
 
 ANCHOR_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -54,22 +53,12 @@ def list_detectors() -> list[str]:
 
 
 def unknown_detector_error(name: str) -> ValueError:
-    close = difflib.get_close_matches(name, list_detectors(), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown detector {name!r}{hint} Known detectors: {', '.join(list_detectors())}")
+    return unknown_name_error("detector", name, list_detectors())
 
 
 def resolve_detector_config(name: str, **overrides) -> DetectorConfig:
     """The registered config of ``name`` with ``overrides`` (None values dropped) applied and checked."""
-    if name not in DETECTOR_CONFIGS:
-        raise unknown_detector_error(name)
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    unknown = sorted(set(overrides) - set(DetectorConfig.field_names()))
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {unknown} for detector {name!r}; valid options: {DetectorConfig.field_names()}"
-        )
-    config = dataclasses.replace(DETECTOR_CONFIGS[name], **overrides)
+    config = resolve("detector", DETECTOR_CONFIGS, name, overrides)
     if config.head not in HEAD_MIXERS:
         raise ValueError(f"head must be one of {HEAD_MIXERS}, got {config.head!r}")
     if config.head_norm not in HEAD_NORMS:

@@ -1,7 +1,7 @@
 """The one config that separates the baseline, conv-stem + attention, and full-attention ResNets."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
 
@@ -26,9 +26,6 @@ class ResNetConfig:
     drop_rate: float = 0.0
     backend: str = "auto"
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls) ]
 
 
 def _depth_configs() -> dict[str, ResNetConfig]:

@@ -1,12 +1,10 @@
 """``create_model`` / ``list_models`` and registration of the attention models with timm."""
 from __future__ import annotations
 
-import dataclasses
-import difflib
-
 from torch import nn
 
 from sasa.models.config import MODEL_CONFIGS, ResNetConfig
+from sasa.registry import resolve, unknown_name_error
 from sasa.models.resnet import ResNet
 
 # timm passes these to every entry point; they mean nothing for weights we do not ship
@@ -18,20 +16,12 @@ def list_models() -> list[str]:
 
 
 def unknown_model_error(name: str) -> ValueError:
-    close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown model {name!r}{hint} Known models: {', '.join(list_models())}")
+    return unknown_name_error("model", name, list_models())
 
 
 def resolve_config(name: str, **overrides) -> ResNetConfig:
     """The registered config of ``name`` with ``overrides`` (None values dropped) applied."""
-    if name not in MODEL_CONFIGS:
-        raise unknown_model_error(name)
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    unknown = sorted(set(overrides) - set(ResNetConfig.field_names()))
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for model {name!r}; valid options: {ResNetConfig.field_names()}")
-    return dataclasses.replace(MODEL_CONFIGS[name], **overrides)
+    return resolve("model", MODEL_CONFIGS, name, overrides)
 
 
 def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, **overrides) -> nn.Module:
