@@ -5,6 +5,8 @@ import argparse
 import importlib
 import sys
 
+from sasa.errors import UserError
+
 COMMAND_MODULES = ("sasa.cli.profile_cmd", "sasa.cli.detect_cmd", "sasa.cli.train_cmd")
 
 
@@ -20,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+    except (UserError, ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
         # user errors: one clear line, no traceback
         print(f"sasa {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from sasa.cli.options import fraction, non_negative_float, non_negative_int, positive_float, positive_int
-from sasa.data import build_eval_transform, collate_skipping, load_classification_data, subset
+from sasa.classification.data import build_eval_transform, collate_skipping, load_classification_data, subset
 from sasa.engine import (
     ProgressReporter,
     RunDir,
@@ -39,7 +39,7 @@ from sasa.engine import (
     seed_everything,
     wrap_model,
 )
-from sasa.engine.classification import ClassificationTask
+from sasa.classification.task import ClassificationTask
 from sasa.models import create_model
 from sasa.models.config import MODEL_CONFIGS
 from sasa.models.registry import resolve_config

@@ -1,4 +1,4 @@
-"""Reusable training machinery for every task (classification here, detection in ``sasa.detection``).
+"""Reusable training machinery for every task (``sasa.classification``, ``sasa.detection``).
 
 A task plugs into :class:`Trainer` by implementing two methods (see :class:`Task`)::
 

@@ -12,7 +12,7 @@ from sasa.engine.trainer import Autocast, StepResult
 class ClassificationTask:
     """Cross-entropy (optionally label-smoothed) training; top-1/top-5 evaluation.
 
-    Batches are ``(images, labels, skipped)`` as made by :func:`sasa.data.collate_skipping`
+    Batches are ``(images, labels, skipped)`` as made by :func:`sasa.classification.data.collate_skipping`
     (``images`` is None when every image of the batch was unreadable).
     """
 

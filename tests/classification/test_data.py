@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sasa.data import build_eval_transform, collate_skipping, load_classification_data, subset
+from sasa.classification.data import build_eval_transform, collate_skipping, load_classification_data, subset
 
 
 def make_image_folder(root, classes=("cat", "dog"), splits=("train", "val"), per_class=3, size=12):
@@ -45,7 +45,7 @@ def test_digits_eval_transform_matches_the_dataset(tmp_path):
     raw = load_digits().images[0]
     path = tmp_path / "digit.png"
     Image.fromarray((raw * 255 / 16).round().astype(np.uint8), mode="L").save(path)
-    from sasa.data.classification import DigitsDataset
+    from sasa.classification.data import DigitsDataset
 
     reference = DigitsDataset(raw[None], np.array([0]), img_size=32, mean=data.val.mean, std=data.val.std, augment=False)[0][0]
     with Image.open(path) as image:
