@@ -1,0 +1,145 @@
+"""Position-sensitive axial attention along one axis (Axial-DeepLab eq. 4, SPEC §8).
+
+For query position o and every key position p on the same axis with |p − o| ≤ radius:
+
+    logit(o, p) = q_o·k_p + q_o·r^q_(p−o) + k_p·r^k_(p−o)
+    y_o = Σ_p softmax_p(logit(o, ·)) · (v_p + r^v_(p−o))
+
+The relative tables r^q, r^k (each (2·radius+1, Dq)) and r^v ((2·radius+1, Dv)) are shared by
+all heads; row j holds offset j − radius. Keys outside the axis or beyond the radius are left
+out of the softmax. Two optional hooks let a layer normalise the parts separately, as the paper
+does with batch norm: ``logit_norm(terms, valid)`` receives the three logit terms stacked as
+(B, 3, N, L, L) [q·k, q·r^q, k·r^k] with the (L, L) bool mask of pairs inside the radius and
+returns them normalised; ``output_norm(parts)`` receives (B, 2, N, L, Dv) [Σ softmax·v,
+Σ softmax·r^v] and returns them normalised. The parts are summed after the hooks.
+
+Backends: ``reference`` builds the (L, L, D) table of r_(p−o) for every pair and contracts it
+(memory O(L²·D), each line one term of the formula); ``matmul`` contracts q and k with the
+(2·radius+1)-row tables once and moves the results between relative and absolute layouts with
+gathers (memory O(L·(L + radius))). ``auto`` takes ``matmul``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+LogitNorm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OutputNorm = Callable[[torch.Tensor], torch.Tensor]
+
+__all__ = ["axial_attention1d", "axial_attention1d_reference", "axial_attention1d_macs", "AXIAL_BACKENDS"]
+
+
+def _check_args(q, k, v, rel_q, rel_k, rel_v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v), ("rel_q", rel_q), ("rel_k", rel_k), ("rel_v", rel_v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise TypeError(f"{name} must have the dtype and device of q ({q.dtype}, {q.device}), got ({t.dtype}, {t.device})")
+    if q.dim() != 4:
+        raise ValueError(f"q must have 4 dimensions (B, N, L, Dq), got shape {tuple(q.shape)}")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be (B, N, L, Dv) with (B, N, L) = {tuple(q.shape[:3])}, got {tuple(v.shape)}")
+    if min(q.shape) == 0 or v.shape[-1] == 0:
+        raise ValueError(f"q and v must have no empty dimension, got q {tuple(q.shape)} and v {tuple(v.shape)}")
+    rows = rel_q.shape[0] if rel_q.dim() == 2 else -1
+    if rows % 2 == 0 or rows < 1:
+        raise ValueError(f"rel_q must be (2·radius+1, Dq), an odd number of rows, got shape {tuple(rel_q.shape)}")
+    for name, t, dim in (("rel_q", rel_q, q.shape[-1]), ("rel_k", rel_k, q.shape[-1]), ("rel_v", rel_v, v.shape[-1])):
+        if tuple(t.shape) != (rows, dim):
+            raise ValueError(f"{name} must have shape {(rows, dim)} (one row per offset, shared by heads), got {tuple(t.shape)}")
+
+
+def relative_offsets(length: int, radius: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, L) table index of r_(p−o) for query o (rows) and key p (columns), clamped; and the (L, L) in-radius mask."""
+    positions = torch.arange(length, device=device)
+    offset = positions[None, :] - positions[:, None]
+    return (offset + radius).clamp(0, 2 * radius), offset.abs() <= radius
+
+
+def _finish(terms, valid, v_mix: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], logit_norm, output_norm):
+    """Shared tail of both backends: normalise and sum the logit terms, softmax, weighted sums, normalise, sum."""
+    if logit_norm is not None:
+        terms = logit_norm(terms, valid)
+    weights = terms.sum(dim=1).masked_fill(~valid, float("-inf")).softmax(dim=-1)
+    parts = torch.stack(v_mix(weights), dim=1)
+    if output_norm is not None:
+        parts = output_norm(parts)
+    return parts.sum(dim=1)
+
+
+def axial_attention1d_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, rel_q: torch.Tensor, rel_k: torch.Tensor, rel_v: torch.Tensor,
+    logit_norm: LogitNorm | None = None, output_norm: OutputNorm | None = None,
+) -> torch.Tensor:
+    """The formula term by term, with the (L, L, D) table of embeddings for every (query, key) pair. Shapes as the module doc."""
+    _check_args(q, k, v, rel_q, rel_k, rel_v)
+    index, valid = relative_offsets(q.shape[-2], rel_q.shape[0] // 2, q.device)
+    pair_q, pair_k, pair_v = rel_q[index], rel_k[index], rel_v[index]  # (L query, L key, D): r_(p−o)
+    terms = torch.stack([
+        torch.einsum("bnod,bnpd->bnop", q, k),
+        torch.einsum("bnod,opd->bnop", q, pair_q),
+        torch.einsum("bnpd,opd->bnop", k, pair_k),
+    ], dim=1)
+
+    def v_mix(weights):
+        return torch.einsum("bnop,bnpd->bnod", weights, v), torch.einsum("bnop,opd->bnod", weights, pair_v)
+
+    return _finish(terms, valid, v_mix, logit_norm, output_norm)
+
+
+def _axial_matmul(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=None) -> torch.Tensor:
+    length, radius = q.shape[-2], rel_q.shape[0] // 2
+    index, valid = relative_offsets(length, radius, q.device)
+    batch_shape = (*q.shape[:2], length, length)
+    qr = torch.gather(q @ rel_q.T, -1, index.expand(batch_shape))  # q_o·r_j at j = p − o + radius
+    # k_p·r_j is indexed by key p; index.T[p, o] = p − o + radius, then transpose to [query, key]
+    kr = torch.gather(k @ rel_k.T, -1, index.T.expand(batch_shape)).transpose(-1, -2)
+    terms = torch.stack([q @ k.transpose(-1, -2), qr, kr], dim=1)
+    # relative layout of the weights: w_rel[o, j] = w[o, o + j − radius] where that key exists
+    positions = torch.arange(length, device=q.device)
+    key_of = positions[:, None] + torch.arange(-radius, radius + 1, device=q.device)[None, :]  # (L, 2·radius+1)
+    key_exists = (key_of >= 0) & (key_of < length)
+
+    def v_mix(weights):
+        gathered = torch.gather(weights, -1, key_of.clamp(0, length - 1).expand(*q.shape[:2], -1, -1))
+        return weights @ v, (gathered * key_exists) @ rel_v
+
+    return _finish(terms, valid, v_mix, logit_norm, output_norm)
+
+
+AXIAL_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
+    "matmul": _axial_matmul,
+    "reference": axial_attention1d_reference,
+}
+
+
+def axial_attention1d(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, rel_q: torch.Tensor, rel_k: torch.Tensor, rel_v: torch.Tensor,
+    logit_norm: LogitNorm | None = None, output_norm: OutputNorm | None = None, backend: str = "auto",
+) -> torch.Tensor:
+    """q, k: (B, N, L, Dq); v: (B, N, L, Dv); rel_q, rel_k: (2·radius+1, Dq); rel_v: (2·radius+1, Dv) -> (B, N, L, Dv).
+
+    No implicit scaling. Offsets beyond L − 1 cannot occur, so tables longer than the axis are
+    trimmed to the rows it uses before computing (same result, less work).
+    """
+    if backend != "auto" and backend not in AXIAL_BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {sorted(AXIAL_BACKENDS)}, got {backend!r}")
+    _check_args(q, k, v, rel_q, rel_k, rel_v)
+    radius, reach = rel_q.shape[0] // 2, q.shape[-2] - 1
+    if radius > reach:
+        rows = slice(radius - reach, radius + reach + 1)
+        rel_q, rel_k, rel_v = rel_q[rows], rel_k[rows], rel_v[rows]
+    run = AXIAL_BACKENDS["matmul" if backend == "auto" else backend]
+    return run(q, k, v, rel_q=rel_q, rel_k=rel_k, rel_v=rel_v, logit_norm=logit_norm, output_norm=output_norm)
+
+
+def axial_attention1d_macs(*, batch: int, heads: int, length: int, radius: int, dim: int, value_dim: int) -> int:
+    """Multiply-adds of one call as the paper counts them: per query and head, for each of the min(2·radius+1, L)
+    keys of its span, Dq each for q·k, q·r^q and k·r^k and Dv each for the two weighted sums (border spans counted in full)."""
+    span = min(2 * radius + 1, length)
+    return batch * heads * length * span * (3 * dim + 2 * value_dim)
