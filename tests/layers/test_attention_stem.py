@@ -84,3 +84,51 @@ def test_blocked_attention_matches_the_definition(heads, size):
     stem = AttentionStem(3, 8, num_heads=heads, num_value_mixtures=3).double()
     x = torch.randn(1, 3, *size, dtype=torch.float64)
     torch.testing.assert_close(stem.attend(x), brute_force_stem_attention(stem, x))
+
+
+def _unfused(stem: AttentionStem, x: torch.Tensor) -> torch.Tensor:
+    return stem.pool(stem.relu(stem.bn(stem.attend(x))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("heads,size,train,momentum", [(1, (8, 12), True, 0.1), (2, (12, 8), True, None), (2, (4, 4), False, 0.1)])
+def test_fused_bn_relu_pool_matches_the_module_chain(dtype, heads, size, train, momentum):
+    """The fused path (statistics from y's moments, max pool before BN/ReLU with sign(γ) folded in, chunked
+    recomputing backward) gives the values, gradients and running statistics of pool(relu(bn(attend(x))))."""
+    import copy
+
+    torch.manual_seed(0)
+    stem = AttentionStem(3, 16, num_heads=heads, num_value_mixtures=3).to(dtype)
+    stem.bn.momentum = momentum
+    with torch.no_grad():  # negative γ exercise the min side of the pool; β shifts ReLU's cut
+        stem.bn.weight.copy_(torch.randn(16))
+        stem.bn.bias.copy_(torch.randn(16))
+        stem.bn.running_mean.normal_()
+        stem.bn.running_var.uniform_(0.5, 2.0)
+    reference = copy.deepcopy(stem)
+    stem.train(train)
+    reference.train(train)
+    x = torch.randn(3, 3, *size, dtype=dtype, requires_grad=True)
+    assert stem._fused_pool_applies(x) and not reference._fused_pool_applies(torch.randn(1, 3, 5, 5))
+    fused, expected = stem(x), _unfused(reference, x)
+    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {}
+    torch.testing.assert_close(fused, expected, **tol)
+    grad = torch.randn_like(fused)
+    got = torch.autograd.grad(fused, [x, *stem.parameters()], grad)
+    want = torch.autograd.grad(expected, [x, *reference.parameters()], grad)
+    for name, g, w in zip(["x"] + [n for n, _ in stem.named_parameters()], got, want):
+        torch.testing.assert_close(g, w, **tol, msg=lambda m, name=name: f"{name}: {m}")
+    for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(stem.bn, buffer), getattr(reference.bn, buffer), **tol)
+
+
+def test_fused_path_runs_in_chunks(monkeypatch):
+    """Several chunks (the 224×224 case) give the single-chunk result."""
+    from sasa.layers import attention_stem
+
+    stem = AttentionStem(3, 8).double().train()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    whole = stem(x)
+    monkeypatch.setattr(attention_stem, "_STEM_CHUNK_PIXELS", 48)  # 3 blocks per chunk, 32 blocks
+    torch.testing.assert_close(stem(x), whole)
+    torch.testing.assert_close(stem.eval()(x), _unfused(stem, x))

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from sasa.layers.relative_position import RelativePositionEmbedding2d
 
@@ -102,7 +103,77 @@ class AttentionStem(nn.Module):
         return out[..., :height, :width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused_pool_applies(x):
+            return self._attend_bn_relu_pool(x)
         return self.pool(self.relu(self.bn(self.attend(x))))
+
+    def _fused_pool_applies(self, x: torch.Tensor) -> bool:
+        """The fused path needs pool windows equal to the attention blocks, no padded pixels, float32/64 without autocast."""
+        s, pool = self.block_size, self.pool
+        return (
+            isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (s, (s, s)) and pool.stride in (s, (s, s))
+            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
+            and type(self.bn) is nn.BatchNorm2d and self.bn.affine and type(self.relu) is nn.ReLU
+            and x.shape[-2] % s == 0 and x.shape[-1] % s == 0
+            and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
+        )
+
+    def _attend_bn_relu_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``pool(relu(bn(attend(x))))`` without BN, ReLU or pooling at full resolution (same values and gradients).
+
+        Exact re-associations, blocked layout (M = B·blocks, S = s² pixels per block, N heads):
+        * the value of key j is Σ_m p(j, m) W_V^m x_j, so out_p = W_cat · y_p with the (m·C_in)-vector
+          y_p = Σ_j P_pj (p(j, ·) ⊗ x_j);
+        * BN's batch statistics of out follow from the mean and second moment of y (m·C_in numbers);
+        * BN is a per-channel affine map a·out + b and ReLU is monotone, so the max pool over a block
+          (= one pool window) commutes with them: max_p relu(a·out_p + b) = relu(|a|·max_p(sign(a)·out_p) + b).
+          sign(a) = sign(γ) is known before the statistics, so it is folded into W_cat.
+        The block attention runs in chunks of blocks (:class:`_StemPeaks`): no full-resolution tensor is
+        allocated or saved, and the backward recomputes each chunk.
+        """
+        s, n, dim = self.block_size, self.num_heads, self.head_dim
+        batch, cin, height, width = x.shape
+        blocks_y, blocks_x = height // s, width // s
+        pixels = rearrange(x, "b c (y a) (z e) -> (b y z) (a e) c", a=s, e=s)  # (M, S, C_in)
+        query_weight = self.query.view(n, dim, cin) * dim**-0.5
+        bilinear = torch.matmul(query_weight.transpose(1, 2), self.key.view(n, dim, cin))  # (N, C_in, C_in)
+        # q·r: R[n, p, j] = W_Qᵀ cat(row[Δa], col[Δc]) is a parameter-only (N, S, S, C_in) table
+        table = self.rel_pos(n)[:, self._row_offset, self._col_offset]  # (N, S, S, D)
+        rel = torch.matmul(table, query_weight.unsqueeze(1))  # (N, S, S, C_in)
+        mix = self.mixture_weights().reshape(s * s, self.num_value_mixtures)
+        w_cat = rearrange(self.values, "m (n d) c -> n d (m c)", n=n)  # W_cat[n, d, (m, c)] = W_V^m[n·D + d, c]
+        bn = self.bn
+        sign = torch.where(bn.weight.detach() < 0, -1.0, 1.0).to(x.dtype).view(n, dim, 1)
+        use_batch_stats = self.training or bn.running_mean is None
+        peak, y_sum, y_gram = _StemPeaks.apply(pixels, bilinear, rel, mix, w_cat * sign, use_batch_stats)
+        if use_batch_stats:
+            count = pixels.shape[0] * pixels.shape[1]
+            y_mean = y_sum / count  # (N, K), float64
+            cov = y_gram / count - y_mean[:, :, None] * y_mean[:, None, :]
+            w64 = w_cat.to(torch.float64)
+            mean64 = torch.einsum("ndk,nk->nd", w64, y_mean).reshape(-1)
+            var64 = torch.einsum("ndk,nkl,ndl->nd", w64, cov, w64).reshape(-1).clamp_min(0)
+            if self.training and bn.track_running_stats and bn.running_mean is not None:
+                self._update_running_stats(mean64.detach().to(x.dtype), (var64.detach() * count / max(count - 1, 1)).to(x.dtype))
+            mean, var = mean64.to(x.dtype), var64.to(x.dtype)
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        scale = bn.weight * torch.rsqrt(var + bn.eps)
+        shift = bn.bias - mean * scale
+        pooled = torch.relu(peak * scale.abs().view(n, 1, dim) + shift.view(n, 1, dim))  # (N, M, D)
+        return rearrange(pooled, "n (b y z) d -> b (n d) y z", b=batch, y=blocks_y, z=blocks_x).contiguous()
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+        """What ``nn.BatchNorm2d`` does with its running statistics in training mode."""
+        bn = self.bn
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:
+                factor = 1.0 / float(bn.num_batches_tracked)
+        bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+        bn.running_var.mul_(1 - factor).add_(unbiased_var, alpha=factor)
 
     def extra_macs(self, input_shape: torch.Size) -> int:
         """Multiply-adds of the layer as the paper defines it, per pixel: the q and k projections, the m value
@@ -115,3 +186,72 @@ class AttentionStem(nn.Module):
         projections = (2 + self.num_value_mixtures) * self.in_channels * self.out_channels
         per_pixel = projections + self.num_value_mixtures * self.out_channels + 3 * window * self.out_channels
         return b * h * w * per_pixel
+
+
+_STEM_CHUNK_PIXELS = 16384  # pixels per chunk: its (pixels, C_out) output stays a few MB, reused by the allocator
+
+
+def _stem_chunk(pixels, bilinear, rel, mix, w_signed, stats: bool):
+    """Block attention of a chunk of blocks, reduced: (per-block max of sign(γ)·out, Σ y, Σ y yᵀ).
+
+    pixels (Mc, S, C_in); bilinear (N, C_in, C_in); rel (N, S, S, C_in); mix (S, m); w_signed (N, D, m·C_in).
+    Returns peak (N, Mc, D) and, if ``stats``, Σ_p y_p (N, K) and Σ_p y_p y_pᵀ (N, K, K) in float64.
+    """
+    logits = torch.matmul(torch.matmul(pixels, bilinear.unsqueeze(1)), pixels.transpose(1, 2))  # (N, Mc, S, S)
+    rel_logits = torch.matmul(pixels.transpose(0, 1), rel.transpose(-1, -2))  # (N, S, Mc, S)
+    probs = (logits + rel_logits.transpose(1, 2)).softmax(dim=-1)
+    mixed = (mix[None, :, :, None] * pixels[:, :, None, :]).flatten(2)  # (Mc, S, K = m·C_in)
+    y = torch.matmul(probs, mixed).flatten(1, 2)  # (N, Mc·S, K)
+    out = torch.matmul(y, w_signed.transpose(1, 2))  # (N, Mc·S, D)
+    peak = out.view(out.shape[0], pixels.shape[0], pixels.shape[1], -1).amax(dim=2)
+    if not stats:
+        return peak, None, None
+    y64 = y.to(torch.float64)
+    return peak, y64.sum(dim=1), torch.matmul(y64.transpose(1, 2), y64)
+
+
+class _StemPeaks(torch.autograd.Function):
+    """:func:`_stem_chunk` over all blocks, chunk by chunk; the backward recomputes each chunk (nothing saved
+    but the inputs)."""
+
+    @staticmethod
+    def forward(ctx, pixels, bilinear, rel, mix, w_signed, stats: bool):
+        step = max(1, _STEM_CHUNK_PIXELS // pixels.shape[1])
+        peaks, y_sum, y_gram = [], 0, 0
+        for start in range(0, pixels.shape[0], step):
+            peak, s1, s2 = _stem_chunk(pixels[start:start + step], bilinear, rel, mix, w_signed, stats)
+            peaks.append(peak)
+            if stats:
+                y_sum, y_gram = y_sum + s1, y_gram + s2
+        if not stats:
+            y_sum = y_gram = pixels.new_zeros((), dtype=torch.float64)
+        ctx.save_for_backward(pixels, bilinear, rel, mix, w_signed)
+        ctx.stats, ctx.step = stats, step
+        return torch.cat(peaks, dim=1), y_sum, y_gram
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_peak, grad_sum, grad_gram):
+        pixels, *params = ctx.saved_tensors
+        params = [p.detach().requires_grad_(need) for p, need in zip(params, ctx.needs_input_grad[1:5])]
+        wanted = [p for p in params if p.requires_grad]
+        totals = [torch.zeros_like(p) for p in wanted]
+        grad_pixels = torch.zeros_like(pixels) if ctx.needs_input_grad[0] else None
+        for start in range(0, pixels.shape[0], ctx.step):
+            chunk = pixels[start:start + ctx.step].detach().requires_grad_(grad_pixels is not None)
+            with torch.enable_grad():
+                peak, s1, s2 = _stem_chunk(chunk, *params, ctx.stats)
+                outputs, grads = [peak], [grad_peak[:, start:start + ctx.step]]
+                if ctx.stats:
+                    outputs += [s1, s2]
+                    grads += [grad_sum, grad_gram]
+                inputs = wanted + ([chunk] if grad_pixels is not None else [])
+                result = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+            for total, g in zip(totals, result):
+                if g is not None:
+                    total += g
+            if grad_pixels is not None and result[-1] is not None:
+                grad_pixels[start:start + ctx.step] = result[-1]
+        it = iter(totals)
+        param_grads = [next(it) if p.requires_grad else None for p in params]
+        return (grad_pixels, *param_grads, None)
