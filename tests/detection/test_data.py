@@ -81,7 +81,7 @@ def test_not_json_and_missing_paths(folder):
     ([-5, -5, 10, 10], "bbox clipped to the image", [[0, 0, 5, 5]]),
     ([50, 40, 10, 10], "bbox outside the image", []),
     ([5, 5, 0, 10], "zero-area bbox", []),
-    ([5, 5, 10, -3], "zero-area bbox", []),
+    ([5, 5, 10, -3], "negative-size bbox", []),
     ([5, 5, float("nan"), 3], "non-finite bbox", []),
 ])
 def test_bad_boxes_are_clipped_or_skipped_and_counted(folder, bbox, reason, kept):
@@ -165,3 +165,114 @@ def test_shapes_are_deterministic_and_valid(tmp_path):
         dataset = CocoDetection(a / split, a / "annotations" / f"instances_{split}.json")
         assert not dataset.report.skipped and dataset.class_names == ["circle", "square", "triangle"]
         assert dataset.report.num_annotations >= len(dataset)
+
+
+# --- issue 14 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["annotations"][0].update(image_id=[1]), r"annotations\[0\]: image_id must be an integer, got \[1\]"),
+    (lambda d: d["annotations"][1].update(category_id=[9]), r"annotations\[1\]: category_id must be an integer"),
+    (lambda d: d["annotations"][0].update(category_id="7"), r"annotations\[0\]: category_id must be an integer"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 2, 10**400, 3]), r"annotations\[0\]: bbox must be .*characters"),
+    (lambda d: d["images"][0].update(width=10**400), r"images\[0\]: width must be a positive integer"),
+    (lambda d: d["images"][0].update(id=[1]), r"images\[0\]: id must be an integer"),
+    (lambda d: d["categories"][0].update(id=[9]), r"categories\[0\]: needs an integer 'id'"),
+])
+def test_item8_malformed_values_raise_naming_the_entry(folder, mutate, message):
+    root, write = folder
+    data = _valid()
+    mutate(data)
+    with pytest.raises(ValueError, match=message):
+        load_coco(write(data), root)
+
+
+def test_item8_huge_area_falls_back_to_the_box_area(folder):
+    root, write = folder
+    data = _valid()
+    data["annotations"][0]["area"] = 10**400
+    clean, _ = load_coco(write(data), root)
+    assert clean["annotations"][0]["area"] == 10 * 12
+
+
+@pytest.mark.parametrize("value", ["0", "1", 0.0, True, 2, None])
+def test_item24_iscrowd_must_be_the_integer_0_or_1(folder, value):
+    root, write = folder
+    data = _valid()
+    data["annotations"][1]["iscrowd"] = value
+    with pytest.raises(ValueError, match=r"annotations\[1\]: iscrowd must be the integer 0 or 1, got " + repr(value)):
+        load_coco(write(data), root)
+
+
+def test_item27_negative_size_box_is_not_called_zero_area(folder):
+    root, write = folder
+    data = _valid()
+    data["annotations"][0]["bbox"] = [20, 10, -5, 8]
+    data["annotations"][1]["bbox"] = [20, 5, 0.5, 20]
+    _, report = load_coco(write(data), root)
+    assert report.skipped == {"negative-size bbox": 1, "zero-area bbox": 1}
+    assert "negative-size bbox: 1 (first: annotations[0]" in report.summary()
+
+
+def test_item27_folder_as_ann_and_file_as_images_are_named_as_such(folder, capsys):
+    root, write = folder
+    ann = write(_valid())
+    with pytest.raises(ValueError, match="annotation file .* is a folder"):
+        load_coco(root, root)
+    with pytest.raises(ValueError, match="image folder .*1.png' is a file"):
+        load_coco(ann, root / "1.png")
+    assert main(["detect-data", "check", "--images", str(root), "--ann", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "does not exist" not in err
+
+
+def _sixteen_bit_copy(path, out):
+    """A 16-bit grayscale PNG (mode I;16) holding the same picture as the 8-bit ``path``."""
+    import numpy as np
+
+    gray = np.asarray(Image.open(path).convert("L"), dtype=np.uint16) * 257  # 255 -> 65535
+    Image.fromarray(gray).save(out)
+    assert Image.open(out).mode == "I;16"
+
+
+def test_item23_sixteen_bit_grayscale_png_is_scaled_not_white(folder):
+    root, write = folder
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(root / "1.png")
+    Image.new("RGB", (10, 30), (200, 200, 200)).save(root / "stripe.png")
+    with Image.open(root / "1.png") as base, Image.open(root / "stripe.png") as stripe:
+        canvas = base.copy()
+        canvas.paste(stripe, (30, 0))
+        canvas.save(root / "1.png")
+    _sixteen_bit_copy(root / "1.png", root / "1.png")
+    dataset = CocoDetection(root, write(_valid()))
+    image = dataset.load_image(0)
+    assert image.dtype == torch.uint8 and image.shape == (3, 30, 40)
+    assert image[:, :, :30].max() == 0 and (image[:, :, 30:] == 200).all()
+
+
+def test_item7_wide_image_in_a_coco_file_evaluates(tmp_path):
+    """A 1000×5 image passes the up-front check and is resized (not to 0 px) in training and evaluation."""
+    from torch.utils.data import DataLoader
+
+    from sasa.detection import create_detector
+    from sasa.detection.data import collate_detection
+    from sasa.detection.evaluate import evaluate_detector
+
+    Image.new("RGB", (1000, 5), (90, 20, 20)).save(tmp_path / "wide.png")
+    Image.new("RGB", (5, 1000), (20, 90, 20)).save(tmp_path / "tall.png")
+    data = {"images": [{"id": 1, "file_name": "wide.png", "width": 1000, "height": 5},
+                       {"id": 2, "file_name": "tall.png", "width": 5, "height": 1000}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 1, 200, 3]},
+                            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 10, 3, 200]}],
+            "categories": [{"id": 1, "name": "bar"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    dataset = CocoDetection(tmp_path, tmp_path / "ann.json", train=True)
+    assert len(dataset) == 2 and not dataset.report.skipped
+    model = create_detector("retinanet_resnet26", num_classes=1, min_size=64, max_size=64, fpn_channels=32,
+                            anchor_size=8, score_thresh=0.0)
+    images, targets = collate_detection([dataset[0], dataset[1]])
+    losses = model.train()(images, targets)
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    metrics = evaluate_detector(model, dataset, DataLoader(dataset, batch_size=2, collate_fn=collate_detection),
+                                device=torch.device("cpu"))
+    assert 0.0 <= metrics["AP"] <= 1.0

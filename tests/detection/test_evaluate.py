@@ -1,4 +1,4 @@
-"""COCO mAP: perfect predictions score 1, perturbed ones less, none 0."""
+"""COCO mAP: perfect predictions score 1, perturbed ones less, none 0 (where defined)."""
 import pytest
 
 from sasa.detection.evaluate import coco_evaluate
@@ -39,10 +39,6 @@ def test_perturbed_predictions_score_lower():
     assert coco_evaluate(gt, false_positive)["AP"] < 1.0
 
 
-def test_no_predictions_score_zero():
-    assert coco_evaluate(_ground_truth(), [])["AP"] == 0.0
-
-
 def test_detection_task_evaluates_real_detections(tmp_path):
     """An untrained detector with score_thresh 0 outputs many boxes: the whole eval path runs on them."""
     from torch.utils.data import DataLoader
@@ -63,3 +59,51 @@ def test_detection_task_evaluates_real_detections(tmp_path):
     metrics = DetectionTask(dataset).evaluate(model, loader, ctx, autocast_factory(ctx.device, True))
     assert set(metrics) == {"val_AP", "val_AP50", "val_AP75", "val_APs", "val_APm", "val_APl"}
     assert all(-1.0 <= value <= 1.0 for value in metrics.values())
+
+
+def test_item21_no_predictions_leave_undefined_metrics_undefined():
+    """Ground truth is all small: with no detections APs/AP are 0 (defined), APm/APl stay -1 (no such boxes)."""
+    metrics = coco_evaluate(_ground_truth(), [])
+    assert metrics == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": 0.0, "APm": -1.0, "APl": -1.0}
+    with_results = coco_evaluate(_ground_truth(), _as_results(_ground_truth()))
+    assert with_results["APm"] == -1.0 and with_results["APl"] == -1.0  # the same convention either way
+    no_boxes = {**_ground_truth(), "annotations": []}
+    assert set(coco_evaluate(no_boxes, []).values()) == {-1.0}
+
+
+def test_item21_no_images_is_an_error(tmp_path):
+    gt = _ground_truth()
+    with pytest.raises(ValueError, match="no images to evaluate"):
+        coco_evaluate(gt, _as_results(gt), image_ids=[])
+    with pytest.raises(ValueError, match="no images to evaluate"):
+        coco_evaluate({**gt, "images": [], "annotations": []}, [])
+
+
+def test_item21_detect_eval_on_a_set_whose_images_were_all_dropped_is_an_error(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from sasa.cli.main import main
+    from sasa.detection import create_detector
+    from sasa.detection.shapes import generate_shapes
+    from sasa.detection.train import checkpoint_metadata
+    from sasa.detection.data import CocoDetection
+    from sasa.engine import save_weights
+
+    root = generate_shapes(tmp_path / "shapes", num_train=0, num_val=2, img_size=32)
+    ann = root / "annotations" / "instances_val.json"
+    dataset = CocoDetection(root / "val", ann)
+    model = create_detector("retinanet_resnet26", num_classes=3, min_size=32, max_size=32, fpn_channels=32,
+                            anchor_size=8)
+    options = {"model": "retinanet_resnet26"}
+    save_weights(tmp_path / "w.safetensors", model.state_dict(), checkpoint_metadata(options, model, dataset))
+    for path in (root / "val").glob("*.png"):  # every image now differs in size from the json: all dropped
+        Image.new("RGB", (33, 32)).save(path)
+    out = tmp_path / "metrics.json"
+    assert main(["detect-eval", "--checkpoint", str(tmp_path / "w.safetensors"), "--images", str(root / "val"),
+                 "--ann", str(ann), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no usable images" in err and "image size differs from json: 2" in err
+    assert not out.exists()
+    json.loads(ann.read_text())  # untouched

@@ -5,7 +5,8 @@ Policy for bad input (checked once, at load time, so nothing fails mid-epoch):
 errors (``ValueError`` naming the entry, e.g. ``annotations[12]: missing key 'bbox'``):
   * the file is not JSON, or lacks a top-level ``images``, ``annotations`` or ``categories`` list;
   * an image without an integer ``id``, a ``file_name``, or positive integer ``width``/``height``;
-  * an annotation without ``image_id``, ``category_id`` or a 4-number ``bbox``;
+  * an annotation without an integer ``image_id`` or ``category_id``, or a 4-number ``bbox`` (numbers
+    a float can hold); an ``iscrowd`` other than the integers 0 and 1;
   * a category without an integer ``id``; duplicate image or category ids; no categories at all;
   * every image missing on disk (the image folder is almost certainly wrong).
 counted skips (reported in :class:`LoadReport`, printed by the CLI):
@@ -13,8 +14,8 @@ counted skips (reported in :class:`LoadReport`, printed by the CLI):
     and its annotations are dropped (the size and decodability check opens every image header; it
     runs by default for up to 20 000 images, and with ``verify_images=True`` always);
   * ``unknown image_id`` / ``unknown category_id``: the annotation is dropped;
-  * ``non-finite bbox``, ``bbox outside the image``, ``zero-area bbox`` (width or height < 1 px
-    after clipping to the image): the annotation is dropped;
+  * ``non-finite bbox``, ``negative-size bbox`` (width or height < 0), ``bbox outside the image``,
+    ``zero-area bbox`` (width or height < 1 px after clipping to the image): the annotation is dropped;
   * ``bbox clipped to the image``: kept, clipped (counted, not dropped);
   * ``crowd``: ``iscrowd=1`` regions are not training targets, but stay in the evaluation ground
     truth, where pycocotools treats them as ignore regions.
@@ -35,6 +36,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
+
+from sasa.images import open_rgb
 
 VERIFY_IMAGES_UP_TO = 20_000
 
@@ -68,6 +71,17 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value) -> bool:
+    """An int or float that converts to a float (a 400-digit JSON integer does not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def _check_structure(data, ann_file: str) -> None:
     """Raise one ValueError listing (up to 5 of) every structural problem in the file."""
     if not isinstance(data, dict):
@@ -90,8 +104,8 @@ def _check_structure(data, ann_file: str) -> None:
         if "file_name" in image and not isinstance(image["file_name"], str):
             problems.append(f"{where}: file_name must be a string, got {image['file_name']!r}")
         for key in ("width", "height"):
-            if key in image and not (_is_int(image[key]) and image[key] > 0):
-                problems.append(f"{where}: {key} must be a positive integer, got {image[key]!r}")
+            if key in image and not (_is_int(image[key]) and image[key] > 0 and _is_number(image[key])):
+                problems.append(f"{where}: {key} must be a positive integer, got {_short(image[key])}")
     for index, category in enumerate(data["categories"]):
         if not isinstance(category, dict) or not _is_int(category.get("id")):
             problems.append(f"categories[{index}]: needs an integer 'id', got {category!r}")
@@ -103,14 +117,16 @@ def _check_structure(data, ann_file: str) -> None:
         for key in ("image_id", "category_id", "bbox"):
             if key not in ann:
                 problems.append(f"{where}: missing key {key!r}")
+        for key in ("image_id", "category_id"):  # ids are integers (a list or a string can never match one)
+            if key in ann and not _is_int(ann[key]):
+                problems.append(f"{where}: {key} must be an integer, got {_short(ann[key])}")
         bbox = ann.get("bbox")
-        if "bbox" in ann and not (
-            isinstance(bbox, list) and len(bbox) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
-        ):
-            problems.append(f"{where}: bbox must be [x, y, width, height] numbers, got {bbox!r}")
-    image_ids = Counter(image["id"] for image in data["images"] if isinstance(image, dict) and "id" in image)
-    category_ids = Counter(c["id"] for c in data["categories"] if isinstance(c, dict) and "id" in c)
+        if "bbox" in ann and not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            problems.append(f"{where}: bbox must be [x, y, width, height] numbers, got {_short(bbox)}")
+        if "iscrowd" in ann and not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):  # "0" is not 0
+            problems.append(f"{where}: iscrowd must be the integer 0 or 1, got {_short(ann['iscrowd'])}")
+    image_ids = Counter(image["id"] for image in data["images"] if isinstance(image, dict) and _is_int(image.get("id")))
+    category_ids = Counter(c["id"] for c in data["categories"] if isinstance(c, dict) and _is_int(c.get("id")))
     problems += [f"duplicate image id {i}" for i, n in image_ids.items() if n > 1]
     problems += [f"duplicate category id {i}" for i, n in category_ids.items() if n > 1]
     if not data["categories"]:
@@ -118,6 +134,12 @@ def _check_structure(data, ann_file: str) -> None:
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError(f"{ann_file}: malformed COCO annotations: {'; '.join(problems[:5])}{more}")
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 400-digit number should not fill the message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _image_problem(path: Path, width: int, height: int) -> str | None:
@@ -136,8 +158,12 @@ def load_coco(ann_file: str | os.PathLike, images_dir: str | os.PathLike, *, ver
     bboxes clipped to their image and an ``area`` (given if valid, else w·h) and ``iscrowd``.
     """
     ann_file, images_dir = Path(ann_file), Path(images_dir)
+    if ann_file.is_dir():
+        raise ValueError(f"annotation file {str(ann_file)!r} is a folder; give the COCO .json file")
     if not ann_file.is_file():
         raise FileNotFoundError(f"annotation file {str(ann_file)!r} does not exist")
+    if images_dir.exists() and not images_dir.is_dir():
+        raise ValueError(f"image folder {str(images_dir)!r} is a file; give the folder holding the images")
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {str(images_dir)!r} does not exist")
     try:
@@ -185,6 +211,9 @@ def load_coco(ann_file: str | os.PathLike, images_dir: str | os.PathLike, *, ver
         if not all(math.isfinite(v) for v in (x, y, w, h)):
             report.skip("non-finite bbox", f"{where}: {ann['bbox']}")
             continue
+        if w < 0 or h < 0:
+            report.skip("negative-size bbox", f"{where}: {ann['bbox']}")
+            continue
         x0, y0 = max(x, 0.0), max(y, 0.0)
         x1, y1 = min(x + w, float(image["width"])), min(y + h, float(image["height"]))
         if w >= 1 and h >= 1 and (x1 - x0 < 1 or y1 - y0 < 1):
@@ -195,11 +224,11 @@ def load_coco(ann_file: str | os.PathLike, images_dir: str | os.PathLike, *, ver
             continue
         if (x0, y0, x1, y1) != (x, y, x + w, y + h):
             report.skip("bbox clipped to the image", f"{where}: {ann['bbox']} in {image['width']}x{image['height']}")
-        crowd = int(bool(ann.get("iscrowd", 0)))
+        crowd = ann.get("iscrowd", 0)  # 0 or 1 (checked above)
         if crowd:
             report.skip("crowd", where)
         area = ann.get("area")
-        if not (isinstance(area, (int, float)) and math.isfinite(area) and area > 0):
+        if not (_is_number(area) and math.isfinite(area) and area > 0):
             area = (x1 - x0) * (y1 - y0)
         annotations.append({
             "id": len(annotations) + 1, "image_id": image["id"], "category_id": ann["category_id"],
@@ -241,8 +270,7 @@ class CocoDetection(Dataset):
 
     def load_image(self, index: int) -> torch.Tensor:
         """(3, H, W) uint8 RGB."""
-        with Image.open(self.images_dir / self.images[index]["file_name"]) as image:
-            return pil_to_tensor(image.convert("RGB"))
+        return pil_to_tensor(open_rgb(self.images_dir / self.images[index]["file_name"]))
 
     def target(self, index: int) -> dict:
         image = self.images[index]

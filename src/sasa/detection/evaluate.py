@@ -25,14 +25,19 @@ def coco_from_dict(data: dict) -> COCO:
 def coco_evaluate(ground_truth: dict | COCO, results: list[dict], *, image_ids=None) -> dict[str, float]:
     """Box AP, AP50, AP75, APs, APm, APl (in [0, 1]; -1 where pycocotools has no ground truth in range).
 
-    ``results``: COCO results, ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
-    ``image_ids``: evaluate on these images only (default: every ground-truth image).
+    ``results``: COCO results, ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``; with none,
+    a metric is 0 where it has ground truth and still -1 (undefined) where it has none.
+    ``image_ids``: evaluate on these images only (default: every ground-truth image); none is an error.
     """
     coco_gt = ground_truth if isinstance(ground_truth, COCO) else coco_from_dict(ground_truth)
-    if not results:  # loadRes rejects an empty list; nothing detected is AP 0 where AP is defined
-        return {name: 0.0 for name in METRIC_NAMES}
+    if not (coco_gt.getImgIds() if image_ids is None else list(image_ids)):
+        raise ValueError("no images to evaluate on (an empty or entirely dropped image set has no mAP)")
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # loadRes rejects an empty list; an empty result index lets COCOeval say what is undefined
+            coco_dt = coco_from_dict({"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+                                      "annotations": []})
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if image_ids is not None:
             evaluator.params.imgIds = sorted(image_ids)
@@ -68,6 +73,9 @@ def predict(model: nn.Module, loader, *, device: torch.device, label_to_category
 
 def evaluate_detector(model: nn.Module, dataset, loader, *, device: torch.device, progress=None) -> dict[str, float]:
     """COCO metrics of ``model`` on a :class:`~sasa.detection.data.CocoDetection` set."""
+    if len(dataset) == 0:
+        skipped = ", ".join(f"{reason}: {count}" for reason, count in sorted(dataset.report.skipped.items()))
+        raise ValueError(f"{dataset.report.ann_file}: no usable images to evaluate on (skipped: {skipped or 'none'})")
     results = predict(model, loader, device=device, label_to_category_id=dataset.label_to_category_id,
                       progress=progress)
     return coco_evaluate(dataset.coco, results, image_ids=[image["id"] for image in dataset.images])

@@ -38,6 +38,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from sasa.detection.config import DETECTOR_CONFIGS, HEAD_MIXERS, HEAD_NORMS, DetectorConfig
+from sasa.detection.resize import ClampedResizeTransform
 from sasa.layers import LocalSelfAttention2d
 from sasa.models import create_model
 from sasa.profile import count_flops, count_params
@@ -169,6 +170,10 @@ def build_detector(config: DetectorConfig, *, num_classes: int) -> RetinaNet:
         score_thresh=config.score_thresh,
         nms_thresh=config.nms_thresh,
         detections_per_img=config.detections_per_img,
+    )
+    # torchvision's transform resizes a 1000×5 image to 0 px; this one clamps each side to ≥ 1 px
+    detector.transform = ClampedResizeTransform(
+        config.min_size, config.max_size, detector.transform.image_mean, detector.transform.image_std
     )
     detector.config = config
     return detector

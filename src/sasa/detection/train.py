@@ -149,6 +149,15 @@ class DetectionTask:
         return {f"val_{name}": metrics[name] for name in METRIC_NAMES}
 
 
+def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> None:
+    """Raise unless both sets have the same categories: ids (what predictions are written as) and names."""
+    train_cats = [(c["id"], c["name"]) for c in train_set.categories]
+    val_cats = [(c["id"], c["name"]) for c in val_set.categories]
+    if train_cats != val_cats:
+        raise ValueError(f"train and val categories (id, name) differ: {train_set.report.ann_file} has {train_cats}, "
+                         f"{val_set.report.ann_file} has {val_cats}")
+
+
 def checkpoint_metadata(options: dict[str, Any], model: nn.Module, dataset: CocoDetection) -> dict[str, Any]:
     """What :func:`load_detector` needs to rebuild the model, stored in every safetensors file."""
     return {
@@ -190,12 +199,12 @@ def train(options: dict[str, Any], *, out: str, resume: bool = False, force: boo
         paths = broadcast_object(paths, ctx)  # rank 0 generated the shapes; the others read them
         train_set = CocoDetection(paths["images"], paths["ann"], train=True)
         val_set = CocoDetection(paths["val_images"], paths["val_ann"])
-        if train_set.class_names != val_set.class_names:
-            raise ValueError(f"train and val categories differ: {train_set.class_names} vs {val_set.class_names}")
+        check_same_categories(train_set, val_set)
         for dataset in (train_set, val_set):
             progress.info(dataset.report.summary())
-        if len(train_set) == 0:
-            raise ValueError(f"no usable training images in {paths['ann']}")
+        for dataset, what, ann in ((train_set, "training", paths["ann"]), (val_set, "validation", paths["val_ann"])):
+            if len(dataset) == 0:  # checked now: an empty val set would fail only after the first epoch
+                raise ValueError(f"no usable {what} images in {ann}")
 
         seed_everything(options["seed"])
         model = create_detector(options["model"], num_classes=train_set.num_classes, **detector_overrides(options))
