@@ -100,3 +100,20 @@ def test_unreadable_images_are_skipped_with_a_warning_and_counted(tmp_path):
     images, labels, skipped = collate_skipping(items)
     assert skipped == 1 and images.shape[0] == len(data.train) - 1
     assert collate_skipping([None, None]) == (None, None, 2)
+
+
+def test_item23_sixteen_bit_grayscale_pngs_load_like_their_eight_bit_copies(tmp_path):
+    """ImageFolder items and the eval transform of both recipes (predict) scale 16-bit data, not clip it."""
+    root = make_image_folder(tmp_path / "data", classes=("a", "b"), per_class=1, size=12)
+    eight = Image.open(root / "val" / "a" / "0.png").convert("L")
+    eight.save(root / "val" / "a" / "0.png")
+    Image.fromarray(np.asarray(eight, dtype=np.uint16) * 257).save(root / "val" / "b" / "0.png")  # mode I;16
+    data = load_classification_data(str(root), img_size=8)
+    (from_eight, _), (from_sixteen, _) = data.val[0], data.val[1]
+    assert torch.equal(from_eight, from_sixteen)
+    digits = load_classification_data("digits", img_size=8).preprocess
+    with Image.open(root / "val" / "a" / "0.png") as a, Image.open(root / "val" / "b" / "0.png") as b:
+        assert b.mode == "I;16"
+        for preprocess in (data.preprocess, digits):
+            transform = build_eval_transform(preprocess)
+            assert torch.equal(transform(a), transform(b))

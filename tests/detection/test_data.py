@@ -8,6 +8,7 @@ from PIL import Image
 from sasa.cli.main import main
 from sasa.detection.data import CocoDetection, load_coco
 from sasa.detection.shapes import generate_shapes
+from sasa.errors import UserError
 
 
 @pytest.fixture
@@ -62,17 +63,17 @@ def test_malformed_files_raise_naming_the_entry(folder, mutate, message):
     root, write = folder
     data = _valid()
     mutate(data)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         load_coco(write(data), root)
 
 
 def test_not_json_and_missing_paths(folder):
     root, write = folder
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(UserError, match="not valid JSON"):
         load_coco(write("{images: ["), root)
-    with pytest.raises(FileNotFoundError, match="annotation file"):
+    with pytest.raises(UserError, match="annotation file"):
         load_coco(root / "nope.json", root)
-    with pytest.raises(FileNotFoundError, match="image folder"):
+    with pytest.raises(UserError, match="image folder"):
         load_coco(write(_valid()), root / "nope")
 
 
@@ -122,7 +123,7 @@ def test_all_images_missing_is_an_error(folder, tmp_path):
     _, write = folder
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="none of the 3 images"):
+    with pytest.raises(UserError, match="none of the 3 images"):
         load_coco(write(_valid()), empty)
 
 
@@ -183,7 +184,7 @@ def test_item8_malformed_values_raise_naming_the_entry(folder, mutate, message):
     root, write = folder
     data = _valid()
     mutate(data)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         load_coco(write(data), root)
 
 
@@ -200,7 +201,7 @@ def test_item24_iscrowd_must_be_the_integer_0_or_1(folder, value):
     root, write = folder
     data = _valid()
     data["annotations"][1]["iscrowd"] = value
-    with pytest.raises(ValueError, match=r"annotations\[1\]: iscrowd must be the integer 0 or 1, got " + repr(value)):
+    with pytest.raises(UserError, match=r"annotations\[1\]: iscrowd must be the integer 0 or 1, got " + repr(value)):
         load_coco(write(data), root)
 
 
@@ -217,9 +218,9 @@ def test_item27_negative_size_box_is_not_called_zero_area(folder):
 def test_item27_folder_as_ann_and_file_as_images_are_named_as_such(folder, capsys):
     root, write = folder
     ann = write(_valid())
-    with pytest.raises(ValueError, match="annotation file .* is a folder"):
+    with pytest.raises(UserError, match="annotation file .* is a folder"):
         load_coco(root, root)
-    with pytest.raises(ValueError, match="image folder .*1.png' is a file"):
+    with pytest.raises(UserError, match="image folder .*1.png' is a file"):
         load_coco(ann, root / "1.png")
     assert main(["detect-data", "check", "--images", str(root), "--ann", str(root)]) == 2
     err = capsys.readouterr().err

@@ -2,6 +2,7 @@
 import pytest
 
 from sasa.detection.evaluate import coco_evaluate
+from sasa.errors import UserError
 
 
 def _ground_truth():
@@ -73,9 +74,9 @@ def test_item21_no_predictions_leave_undefined_metrics_undefined():
 
 def test_item21_no_images_is_an_error(tmp_path):
     gt = _ground_truth()
-    with pytest.raises(ValueError, match="no images to evaluate"):
+    with pytest.raises(UserError, match="no images to evaluate"):
         coco_evaluate(gt, _as_results(gt), image_ids=[])
-    with pytest.raises(ValueError, match="no images to evaluate"):
+    with pytest.raises(UserError, match="no images to evaluate"):
         coco_evaluate({**gt, "images": [], "annotations": []}, [])
 
 
@@ -86,9 +87,9 @@ def test_item21_detect_eval_on_a_set_whose_images_were_all_dropped_is_an_error(t
 
     from sasa.cli.main import main
     from sasa.detection import create_detector
+    from sasa.detection.data import CocoDetection
     from sasa.detection.shapes import generate_shapes
     from sasa.detection.train import checkpoint_metadata
-    from sasa.detection.data import CocoDetection
     from sasa.engine import save_weights
 
     root = generate_shapes(tmp_path / "shapes", num_train=0, num_val=2, img_size=32)

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from sasa.detection.train import resolve_options, train
+from sasa.errors import UserError
 
 
 def _coco_split(root, name, category_ids):
@@ -24,6 +25,6 @@ def test_item9_train_and_val_category_ids_must_match_not_only_names(tmp_path):
     options = resolve_options({"data": "coco", "images": images, "ann": ann, "val_images": val_images,
                                "val_ann": val_ann, "img_size": 32, "fpn_channels": 32, "anchor_size": 8,
                                "epochs": 2, "warmup_epochs": 0.0})
-    with pytest.raises(ValueError, match=r"categories \(id, name\) differ: .*\(1, 'a'\).*\(11, 'a'\)"):
+    with pytest.raises(UserError, match=r"categories \(id, name\) differ: .*\(1, 'a'\).*\(11, 'a'\)"):
         train(options, out=str(tmp_path / "run"), quiet=True)
     assert not (tmp_path / "run" / "last.safetensors").exists()

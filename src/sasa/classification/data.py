@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 
+from sasa.images import open_rgb, to_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_PCT = 0.875  # resize 256 → centre crop 224
@@ -119,8 +121,7 @@ class SkippingImageFolder(Dataset):
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
+            image = open_rgb(path)  # 16-bit images scaled to 8 bits, not clipped
         except (OSError, UnidentifiedImageError, ValueError) as error:
             warnings.warn(f"skipping unreadable image {path}: {error}", RuntimeWarning, stacklevel=1)
             return None
@@ -236,7 +237,7 @@ def build_eval_transform(preprocess: dict[str, Any]):
     mean, std = preprocess["mean"], preprocess["std"]
     if preprocess.get("kind") == "digits":
         return T.Compose([
-            T.Grayscale(1), T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(),
+            T.Lambda(_to_rgb), T.Grayscale(1), T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(),
             T.Normalize(mean[:1], std[:1]), T.Lambda(_to_three_channels),
         ])
     return T.Compose([
@@ -246,7 +247,7 @@ def build_eval_transform(preprocess: dict[str, Any]):
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:  # module-level functions pickle into DataLoader workers
-    return image.convert("RGB")
+    return to_rgb(image)  # 16-bit images scaled to 8 bits, not clipped
 
 
 def _to_three_channels(image: torch.Tensor) -> torch.Tensor:

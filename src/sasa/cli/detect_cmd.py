@@ -191,19 +191,19 @@ def run_detect_eval(args: argparse.Namespace) -> int:
 
 def run_detect(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
     from sasa.detection.draw import draw_detections
     from sasa.detection.train import load_detector
     from sasa.engine import atomic_write_json, resolve_device
+    from sasa.images import open_rgb
 
     device = resolve_device(args.device)
     loaded = []
     for path in args.images:  # read every image first: a bad one fails before any work
         try:
-            with Image.open(path) as image:
-                loaded.append((Path(path), pil_to_tensor(image.convert("RGB"))))
+            loaded.append((Path(path), pil_to_tensor(open_rgb(path))))  # 16-bit images scaled, not clipped
         except FileNotFoundError:
             raise FileNotFoundError(f"image {path!r} does not exist") from None
         except (UnidentifiedImageError, OSError) as error:

@@ -358,7 +358,9 @@ def _short(names: list[str], limit: int = 6) -> str:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from sasa.images import open_rgb
 
     device = resolve_device(args.device)
     model, meta = load_classifier(args.checkpoint, device)
@@ -371,8 +373,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise FileNotFoundError(f"image {path!r} does not exist")
         try:
-            with Image.open(path) as image:
-                images.append(transform(image.convert("RGB")))
+            images.append(transform(open_rgb(path)))
         except (OSError, UnidentifiedImageError) as error:
             raise ValueError(f"cannot read image {path!r}: {error}") from None
     with torch.no_grad():

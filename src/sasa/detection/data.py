@@ -2,7 +2,7 @@
 
 Policy for bad input (checked once, at load time, so nothing fails mid-epoch):
 
-errors (``ValueError`` naming the entry, e.g. ``annotations[12]: missing key 'bbox'``):
+errors (:class:`sasa.errors.UserError` naming the entry, e.g. ``annotations[12]: missing key 'bbox'``):
   * the file is not JSON, or lacks a top-level ``images``, ``annotations`` or ``categories`` list;
   * an image without an integer ``id``, a ``file_name``, or positive integer ``width``/``height``;
   * an annotation without an integer ``image_id`` or ``category_id``, or a 4-number ``bbox`` (numbers
@@ -37,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
+from sasa.errors import UserError
 from sasa.images import open_rgb
 
 VERIFY_IMAGES_UP_TO = 20_000
@@ -83,13 +84,13 @@ def _is_number(value) -> bool:
 
 
 def _check_structure(data, ann_file: str) -> None:
-    """Raise one ValueError listing (up to 5 of) every structural problem in the file."""
+    """Raise one UserError listing (up to 5 of) every structural problem in the file."""
     if not isinstance(data, dict):
-        raise ValueError(f"{ann_file}: expected a JSON object with images/annotations/categories, got {type(data).__name__}")
+        raise UserError(f"{ann_file}: expected a JSON object with images/annotations/categories, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             got = "missing" if key not in data else type(data[key]).__name__
-            raise ValueError(f"{ann_file}: top-level {key!r} must be a list, got {got}")
+            raise UserError(f"{ann_file}: top-level {key!r} must be a list, got {got}")
     problems = []
     for index, image in enumerate(data["images"]):
         where = f"images[{index}]"
@@ -133,7 +134,7 @@ def _check_structure(data, ann_file: str) -> None:
         problems.append("no categories")
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ValueError(f"{ann_file}: malformed COCO annotations: {'; '.join(problems[:5])}{more}")
+        raise UserError(f"{ann_file}: malformed COCO annotations: {'; '.join(problems[:5])}{more}")
 
 
 def _short(value, limit: int = 60) -> str:
@@ -159,17 +160,17 @@ def load_coco(ann_file: str | os.PathLike, images_dir: str | os.PathLike, *, ver
     """
     ann_file, images_dir = Path(ann_file), Path(images_dir)
     if ann_file.is_dir():
-        raise ValueError(f"annotation file {str(ann_file)!r} is a folder; give the COCO .json file")
+        raise UserError(f"annotation file {str(ann_file)!r} is a folder; give the COCO .json file")
     if not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file {str(ann_file)!r} does not exist")
+        raise UserError(f"annotation file {str(ann_file)!r} does not exist")
     if images_dir.exists() and not images_dir.is_dir():
-        raise ValueError(f"image folder {str(images_dir)!r} is a file; give the folder holding the images")
+        raise UserError(f"image folder {str(images_dir)!r} is a file; give the folder holding the images")
     if not images_dir.is_dir():
-        raise FileNotFoundError(f"image folder {str(images_dir)!r} does not exist")
+        raise UserError(f"image folder {str(images_dir)!r} does not exist")
     try:
         data = json.loads(ann_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{ann_file}: not valid JSON ({error})") from None
+        raise UserError(f"{ann_file}: not valid JSON ({error})") from None
     _check_structure(data, str(ann_file))
     report = LoadReport(str(ann_file))
     if verify_images is None:
@@ -188,7 +189,7 @@ def load_coco(ann_file: str | os.PathLike, images_dir: str | os.PathLike, *, ver
             continue
         images[image["id"]] = {key: image[key] for key in ("id", "file_name", "width", "height")}
     if data["images"] and missing == len(data["images"]):
-        raise FileNotFoundError(
+        raise UserError(
             f"none of the {missing} images of {ann_file} is in {images_dir} (first: {data['images'][0]['file_name']!r})"
         )
     categories = sorted(({"id": c["id"], "name": str(c.get("name", c["id"]))} for c in data["categories"]),

@@ -9,6 +9,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
+from sasa.errors import UserError
+
 # COCOeval.stats[0..5]
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -31,7 +33,7 @@ def coco_evaluate(ground_truth: dict | COCO, results: list[dict], *, image_ids=N
     """
     coco_gt = ground_truth if isinstance(ground_truth, COCO) else coco_from_dict(ground_truth)
     if not (coco_gt.getImgIds() if image_ids is None else list(image_ids)):
-        raise ValueError("no images to evaluate on (an empty or entirely dropped image set has no mAP)")
+        raise UserError("no images to evaluate on (an empty or entirely dropped image set has no mAP)")
     with contextlib.redirect_stdout(io.StringIO()):
         if results:
             coco_dt = coco_gt.loadRes(results)
@@ -75,7 +77,7 @@ def evaluate_detector(model: nn.Module, dataset, loader, *, device: torch.device
     """COCO metrics of ``model`` on a :class:`~sasa.detection.data.CocoDetection` set."""
     if len(dataset) == 0:
         skipped = ", ".join(f"{reason}: {count}" for reason, count in sorted(dataset.report.skipped.items()))
-        raise ValueError(f"{dataset.report.ann_file}: no usable images to evaluate on (skipped: {skipped or 'none'})")
+        raise UserError(f"{dataset.report.ann_file}: no usable images to evaluate on (skipped: {skipped or 'none'})")
     results = predict(model, loader, device=device, label_to_category_id=dataset.label_to_category_id,
                       progress=progress)
     return coco_evaluate(dataset.coco, results, image_ids=[image["id"] for image in dataset.images])

@@ -34,6 +34,7 @@ from sasa.engine import (
     seed_everything,
     wrap_model,
 )
+from sasa.errors import UserError
 
 # The embedded default, sized for ~15 CPU minutes: generated shapes, a ResNet-26 RetinaNet with a
 # 64-channel FPN and heads, 96×96 images, anchors from 12 px, AdamW from scratch (no pretrained
@@ -154,7 +155,7 @@ def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> N
     train_cats = [(c["id"], c["name"]) for c in train_set.categories]
     val_cats = [(c["id"], c["name"]) for c in val_set.categories]
     if train_cats != val_cats:
-        raise ValueError(f"train and val categories (id, name) differ: {train_set.report.ann_file} has {train_cats}, "
+        raise UserError(f"train and val categories (id, name) differ: {train_set.report.ann_file} has {train_cats}, "
                          f"{val_set.report.ann_file} has {val_cats}")
 
 
@@ -204,7 +205,7 @@ def train(options: dict[str, Any], *, out: str, resume: bool = False, force: boo
             progress.info(dataset.report.summary())
         for dataset, what, ann in ((train_set, "training", paths["ann"]), (val_set, "validation", paths["val_ann"])):
             if len(dataset) == 0:  # checked now: an empty val set would fail only after the first epoch
-                raise ValueError(f"no usable {what} images in {ann}")
+                raise UserError(f"no usable {what} images in {ann}")
 
         seed_everything(options["seed"])
         model = create_detector(options["model"], num_classes=train_set.num_classes, **detector_overrides(options))
