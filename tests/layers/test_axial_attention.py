@@ -5,7 +5,7 @@ from torch import nn
 
 from sasa.functional.axial import axial_attention1d
 from sasa.layers import AxialAttention2d
-from sasa.layers.axial_attention import masked_batch_norm
+from sasa.layers.axial_attention import AxialConfig, AxialMixer2d, masked_batch_norm
 
 
 @pytest.mark.parametrize("axis,stride,size,expected", [
@@ -24,6 +24,19 @@ def test_parameter_count_follows_the_paper_layout():
     expected = 32 * 128 + 111 * 2 * head_dim + 2 * (128 + 3 * 8 + 128)
     assert sum(p.numel() for p in layer.parameters()) == expected
     assert sum(p.numel() for p in AxialAttention2d(32, 64, span=15).parameters()) == expected - 96 * 2 * head_dim
+
+
+def test_local_span_with_a_longer_table_uses_its_central_rows():
+    """span 5 with tables for ±6 (as Axial-DeepLab keeps 2·255 − 1 rows) = span 5 with a 5-row table."""
+    torch.manual_seed(4)
+    long_table = AxialAttention2d(4, 8, num_heads=2, span=5, max_length=7).eval()
+    short_table = AxialAttention2d(4, 8, num_heads=2, span=5).eval()
+    assert long_table.relative.shape[0] == 13 and short_table.relative.shape[0] == 5
+    state = long_table.state_dict()
+    state["relative"] = state["relative"][4:9]
+    short_table.load_state_dict(state)
+    x = torch.randn(2, 4, 9, 3)
+    torch.testing.assert_close(long_table(x), short_table(x))
 
 
 def _attend_manually(layer: AxialAttention2d, x: torch.Tensor, backend: str) -> torch.Tensor:
@@ -132,8 +145,40 @@ def test_extra_macs():
     (dict(num_heads=16), "heads of even width"),
     (dict(span=4), "span must be None .* got 4"),
     (dict(max_length=0), "max_length must be positive, got 0"),
+    (dict(span=7, max_length=3), "max_length must be >= 4 to embed the offsets of span 7, got 3"),
     (dict(stride=0), "stride must be positive, got 0"),
 ])
 def test_constructor_errors_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AxialAttention2d(8, 16, **kwargs)
+
+
+@pytest.mark.parametrize("stride,size,expected", [(1, (7, 5), (7, 5)), (2, (8, 8), (4, 4)), (2, (9, 5), (5, 3))])
+def test_mixer_is_height_then_width_then_pool(stride, size, expected):
+    torch.manual_seed(5)
+    mixer = AxialMixer2d(8, 16, stride=stride, config=AxialConfig(num_heads=2, span=5)).eval()
+    assert (mixer.height.axis, mixer.width.axis) == ("height", "width")
+    assert (mixer.height.in_channels, mixer.width.in_channels) == (8, 16)
+    x = torch.randn(2, 8, *size)
+    out = mixer(x)
+    assert out.shape == (2, 16, *expected)
+    direct = mixer.width(mixer.height(x))
+    torch.testing.assert_close(out, torch.nn.functional.avg_pool2d(direct, stride, stride, ceil_mode=True))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_heads=0), "num_heads must be a positive int, got 0"),
+    (dict(span=6), "span must be None .global. or odd, got 6"),
+    (dict(span=0), "span must be a positive int or None, got 0"),
+    (dict(span=15, max_length=5), "max_length must be >= 8 to embed the offsets of span 15, got 5"),
+    (dict(backend="flex"), "backend must be 'auto' or one of"),
+])
+def test_axial_config_errors_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AxialConfig(**kwargs)
+
+
+def test_axial_config_check_channels():
+    AxialConfig(num_heads=8).check_channels(64)
+    with pytest.raises(ValueError, match=r"out_channels \(24\) must split into num_heads \(8\)"):
+        AxialConfig(num_heads=8).check_channels(24)
