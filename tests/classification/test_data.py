@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 from sasa.classification.data import build_eval_transform, collate_skipping, load_classification_data, subset
+from sasa.errors import UserError
 
 
 def make_image_folder(root, classes=("cat", "dog"), splits=("train", "val"), per_class=3, size=12):
@@ -90,15 +91,20 @@ def test_train_and_val_with_different_classes(tmp_path):
         load_classification_data(str(root), img_size=8)
 
 
-def test_unreadable_images_are_skipped_with_a_warning_and_counted(tmp_path):
+def test_item17_unreadable_training_images_are_replaced_within_their_class_and_counted(tmp_path):
     root = make_image_folder(tmp_path / "data")
     (root / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    (root / "val" / "dog" / "broken.png").write_bytes(b"")
     data = load_classification_data(str(root), img_size=8)
-    items = []
     with pytest.warns(RuntimeWarning, match="broken.png"):
         items = [data.train[i] for i in range(len(data.train))]
-    images, labels, skipped = collate_skipping(items)
-    assert skipped == 1 and images.shape[0] == len(data.train) - 1
+    images, labels, unreadable = collate_skipping(items)
+    assert unreadable == 1 and images.shape[0] == len(data.train) == 7  # the batch keeps its size
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1]  # the broken cat became another cat
+    with pytest.warns(RuntimeWarning, match="broken.png"):
+        val_items = [data.val[i] for i in range(len(data.val))]
+    images, labels, skipped = collate_skipping(val_items)  # evaluation skips, and counts
+    assert skipped == 1 and images.shape[0] == len(data.val) - 1
     assert collate_skipping([None, None]) == (None, None, 2)
 
 
@@ -117,3 +123,70 @@ def test_item23_sixteen_bit_grayscale_pngs_load_like_their_eight_bit_copies(tmp_
         for preprocess in (data.preprocess, digits):
             transform = build_eval_transform(preprocess)
             assert torch.equal(transform(a), transform(b))
+
+
+def test_item17_a_batch_of_only_unreadable_images_stays_full_and_counted(tmp_path):
+    """Batches used to shrink (or vanish, uncounted, shortening the lr schedule); now every batch is full."""
+    root = make_image_folder(tmp_path / "data", per_class=2)
+    for i in range(4):
+        (root / "train" / "dog" / f"empty{i}.png").write_bytes(b"")
+    data = load_classification_data(str(root), img_size=8)
+    with pytest.warns(RuntimeWarning):
+        batch = collate_skipping([data.train[i] for i in range(4, 8)])  # the four empty dog files
+    images, labels, unreadable = batch
+    assert unreadable == 4 and images.shape[0] == 4 and labels.tolist() == [1, 1, 1, 1]
+
+
+def _all_unreadable(root, splits=("train", "val")):
+    make_image_folder(root, splits=splits)
+    for path in root.rglob("*.png"):
+        path.write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_item16_data_with_no_readable_image_is_an_error(tmp_path, train):
+    root = _all_unreadable(tmp_path / "data")
+    split = "training" if train else "validation"
+    with pytest.raises(UserError, match=f"{split} data: none of the 6 image files .* is readable"):
+        load_classification_data(str(root), img_size=8, train=train)
+
+
+def test_item16_evaluating_no_readable_image_is_an_error():
+    from sasa.engine import DistributedContext
+    from sasa.classification.task import ClassificationTask
+    import contextlib
+
+    loader = [(None, None, 3)]
+    with pytest.raises(UserError, match="no readable image to evaluate: all 3 images are unreadable"):
+        ClassificationTask().evaluate(torch.nn.Identity(), loader, DistributedContext(), contextlib.nullcontext)
+
+
+def test_item30_an_empty_training_class_folder_is_an_error(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    (root / "train" / "emu").mkdir()
+    (root / "val" / "emu").mkdir()
+    with pytest.raises(UserError, match="training data: class folder.* with no image file .*: emu .*cannot be learnt"):
+        load_classification_data(str(root), img_size=8)
+
+
+def test_item30_an_empty_validation_class_folder_is_warned_about(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    make_image_folder(root, classes=("emu",), splits=("train",))
+    (root / "val" / "emu").mkdir()
+    with pytest.warns(UserWarning, match="validation data: class folder.* with no image file .*: emu: .*never evaluated"):
+        data = load_classification_data(str(root), img_size=8)
+    assert data.class_names == ["cat", "dog", "emu"]
+    with pytest.warns(UserWarning, match="emu: these classes are never evaluated"):
+        load_classification_data(str(root), img_size=8, train=False)
+
+
+def test_item30_a_class_with_no_readable_training_image_is_flagged(tmp_path):
+    root = make_image_folder(tmp_path / "data")
+    for path in (root / "train" / "dog").glob("*.png"):
+        path.write_bytes(b"")
+    with pytest.warns(UserWarning, match="training data: no readable image in class.* dog .*never learnt"):
+        data = load_classification_data(str(root), img_size=8)
+    with pytest.warns(RuntimeWarning):
+        _, label, replaced = data.train[3]  # a dog file: replaced by a cat
+    assert (label, replaced) == (0, 1)

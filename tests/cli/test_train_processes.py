@@ -1,4 +1,6 @@
 """Real processes: a SIGKILL mid-training followed by a clean resume, and a 2-process torchrun run."""
+import contextlib
+import glob
 import json
 import os
 import signal
@@ -65,3 +67,81 @@ def test_torchrun_two_cpu_processes(tmp_path):
                      "--out", str(tmp_path / "eval.json"))
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((tmp_path / "eval.json").read_text())["top1"] == pytest.approx(row["val_top1"], abs=1e-6)
+
+
+def _children(pid):
+    """Process ids whose parent is ``pid`` (torchrun starts each worker in a session of its own)."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = open(stat).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.split("/")[2]))
+    return found
+
+
+def _torchrun(*argv, timeout, workdir):
+    """2-process torchrun on CPU, killed with its workers after ``timeout`` seconds, so that a deadlock
+    fails the test instead of hanging it. Output goes to files: a killed run's orphans hold no pipe."""
+    stdout_path, stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
+    with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sasa", *argv],
+            stdout=stdout, stderr=stderr, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in [*_children(process.pid), process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"torchrun did not finish within {timeout}s (deadlock?)")
+    return process.returncode, stdout_path.read_text(), stderr_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def ddp_run_with_unreadable_batches(tmp_path_factory):
+    """Every rank gets a batch made only of zero-byte PNGs: 2 readable + 10 empty training files, 6 per
+    rank in batches of 2. EMA on, so the EMA's BatchNorm statistics are checked too."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("ddp")
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", {"a": 2, "b": 0}), ("val", {"a": 3, "b": 3})):
+        for name, readable in counts.items():
+            (root / "data" / split / name).mkdir(parents=True)
+            for i in range(readable):
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "data" / split / name / f"{i}.png")
+    for i in range(10):
+        (root / "data" / "train" / "b" / f"empty{i}.png").write_bytes(b"")
+    out = root / "run"
+    code, stdout, stderr = _torchrun(
+        "train", "--model", "resnet26", "--data", str(root / "data"), "--out", str(out), "--img-size", "16",
+        "--epochs", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--ema", "--quiet", timeout=240,
+        workdir=root,
+    )
+    return root, out, code, stdout, stderr
+
+
+def test_item10_torchrun_survives_batches_of_unreadable_images(ddp_run_with_unreadable_batches):
+    root, out, code, stdout, stderr = ddp_run_with_unreadable_batches
+    assert code == 0, stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["train_skipped_images"] for row in rows] == [10, 10]  # every empty file, every epoch
+    assert load_state(out / "state.pt")["num_updates"] == 2 * 3  # no step skipped: the schedule is whole
+
+
+def test_item11_torchrun_logged_val_metrics_are_those_of_the_saved_weights(ddp_run_with_unreadable_batches):
+    root, out, code, stdout, stderr = ddp_run_with_unreadable_batches
+    assert code == 0, stderr[-3000:]
+    row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    evaluated = sasa("eval", "--checkpoint", str(out / "last.safetensors"), "--data", str(root / "data"),
+                     "--out", str(root / "eval.json"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads((root / "eval.json").read_text())
+    assert result["loss"] == pytest.approx(row["val_loss"], rel=1e-5)
+    assert result["top1"] == pytest.approx(row["val_top1"], abs=1e-6)

@@ -49,17 +49,18 @@ def _dataset():
     return TensorDataset(x, y)
 
 
-def _trainer(run_path, *, stop_after=None, ema=False, out=None):
+def _trainer(run_path, *, stop_after=None, ema=False, ema_decay=0.9, epochs=4, out=None, task=None):
     ctx = DistributedContext()
     seed_everything(0)
     model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 2))
     data = _dataset()
     train_loader = make_loader(data, batch_size=16, train=True, ctx=ctx, seed=0)
     val_loader = make_loader(data, batch_size=32, train=False, ctx=ctx)
-    config = TrainConfig(epochs=4, lr=0.05, opt="sgd", warmup_epochs=1, stop_after=stop_after, ema=ema, ema_decay=0.9)
+    config = TrainConfig(epochs=epochs, lr=0.05, opt="sgd", warmup_epochs=min(1, epochs - 1), stop_after=stop_after,
+                         ema=ema, ema_decay=ema_decay)
     run = RunDir(run_path) if (run_path / "state.pt").exists() else RunDir.create(run_path)
     progress = ProgressReporter(quiet=True, summary_stream=out or io.StringIO())
-    return Trainer(model=model, task=ToyTask(), train_loader=train_loader, val_loader=val_loader, config=config,
+    return Trainer(model=model, task=task or ToyTask(), train_loader=train_loader, val_loader=val_loader, config=config,
                    run=run, ctx=ctx, progress=progress, metadata={"model": "toy"})
 
 
@@ -123,3 +124,64 @@ def test_amp_bf16_on_cpu_with_gradient_clipping(tmp_path):
     trainer.autocast = autocast_factory(trainer.ctx.device, True)
     (row,) = trainer.fit()
     assert row["train_loss"] > 0 and 0 <= row["val_acc"] <= 100
+
+
+def test_item10_train_step_returning_none_is_an_error(tmp_path):
+    """Skipping a batch on one rank leaves the others waiting in DDP's gradient all-reduce (a deadlock):
+    a task must give a loss for every batch."""
+
+    class SkippingTask(ToyTask):
+        def train_step(self, model, batch, device):
+            return None
+
+    trainer = _trainer(tmp_path / "run", task=SkippingTask())
+    with pytest.raises(TypeError, match="every batch must give a loss"):
+        trainer.fit()
+
+
+def test_item12_ema_with_a_long_decay_follows_a_short_run(tmp_path):
+    """The recipe's decay 0.9998 over 24 steps: without a decay warm-up the EMA stays at the random init."""
+    plain = _trainer(tmp_path / "plain").fit()
+    ema = _trainer(tmp_path / "ema", ema=True, ema_decay=0.9998).fit()
+    assert plain[-1]["val_acc"] > 75
+    assert ema[-1]["val_acc"] == pytest.approx(plain[-1]["val_acc"], abs=5)
+
+
+def test_item31_lr_column_is_the_mean_lr_the_epoch_trained_at(tmp_path):
+    (row,) = _trainer(tmp_path / "run", epochs=1).fit()  # no warm-up: cosine from 0.05 to 0 over 6 steps
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = build_scheduler(optimizer, TrainConfig(epochs=1, lr=0.05), steps_per_epoch=6)
+    used = []
+    for update in range(1, 7):
+        used.append(optimizer.param_groups[0]["lr"])
+        scheduler.step_update(update)
+    assert used[0] == pytest.approx(0.05) and optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert row["lr"] == pytest.approx(sum(used) / 6)
+
+
+def test_item27_no_cosine_no_effect_warning_for_a_one_step_schedule(caplog):
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with caplog.at_level("WARNING"):
+        build_scheduler(optimizer, TrainConfig(epochs=1, lr=0.1), steps_per_epoch=1)
+    assert not [record for record in caplog.records if "no effect" in record.getMessage()]
+
+
+def test_item28_a_last_training_batch_of_one_image_is_dropped_with_a_warning(tmp_path):
+    ctx = DistributedContext()
+    data = _dataset()
+    with pytest.warns(UserWarning, match="batch of one"):
+        loader = make_loader(torch.utils.data.Subset(data, range(9)), batch_size=4, train=True, ctx=ctx, drop_last=False)
+    assert [len(y) for _, y in loader] == [4, 4]
+    with pytest.warns(UserWarning, match="batch of one"):
+        single = make_loader(torch.utils.data.Subset(data, range(1)), batch_size=4, train=True, ctx=ctx)
+    assert len(single) == 0
+    trainer = _trainer(tmp_path / "run")
+    with pytest.raises(ValueError, match="single image per process"):
+        Trainer(model=trainer.model, task=ToyTask(), train_loader=single, val_loader=None, config=trainer.config,
+                run=trainer.run, ctx=ctx)
+    bn = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    with pytest.warns(UserWarning, match="batch of one"):
+        odd = make_loader(torch.utils.data.Subset(data, range(5)), batch_size=2, train=True, ctx=ctx, drop_last=False)
+    for x, _ in odd:
+        bn(x)  # batches of 2 and 2, the one left is dropped: BatchNorm trains on each

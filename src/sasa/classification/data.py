@@ -5,9 +5,13 @@ download) or a folder in ImageFolder layout::
 
     DATA/train/CLASS_NAME/*.jpg|png|...      DATA/val/CLASS_NAME/*.jpg|png|...
 
-Unreadable image files (truncated, not an image) are **skipped with a warning** and counted
-(``train_skipped_images`` in the metrics, ``skipped_images`` in ``sasa eval``), so one bad file
-does not end a long run; a folder with no readable class folder or no images is an error.
+Unreadable image files (truncated, not an image) are **counted with a warning**, so one bad file
+does not end a long run: in training each is replaced by a readable image of the same class (of
+another class if its class has none), so every batch stays full and every process takes part in every
+step (``train_skipped_images`` in the metrics); in evaluation they are skipped (``val_skipped_images``,
+``skipped_images`` in ``sasa eval``). Up front, one image per class is decoded: a folder with no
+class folder, a training class folder with no image file, or a split with no readable image is an
+error; a validation class with no image file and a class with no readable image are warned about.
 
 Every bundle carries a ``preprocess`` dict (stored in checkpoints) from which
 :func:`build_eval_transform` rebuilds the evaluation transform for ``sasa predict``.
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 
+from sasa.errors import UserError
 from sasa.images import open_rgb, to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -108,33 +113,64 @@ def load_digits_data(*, img_size: int) -> ClassificationData:
 # ImageFolder
 
 
-class SkippingImageFolder(Dataset):
-    """ImageFolder whose unreadable files yield ``None`` (and a warning) instead of an exception;
-    :func:`collate_skipping` drops them from the batch and counts them."""
+def _read_rgb(path: str, *, what: str) -> Image.Image | None:
+    """The image as RGB, or None (with a warning) if the file cannot be decoded."""
+    try:
+        return open_rgb(path)  # 16-bit images scaled to 8 bits, not clipped
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        warnings.warn(f"unreadable image {path} ({what}): {error}", RuntimeWarning, stacklevel=2)
+        return None
 
-    def __init__(self, samples: list[tuple[str, int]], transform) -> None:
-        self.samples, self.transform = samples, transform
+
+class SkippingImageFolder(Dataset):
+    """ImageFolder that survives unreadable files (each warned about once per process).
+
+    ``replace_unreadable`` (training): an unreadable item is replaced by the next readable image of
+    its class (else of any class) and the item is ``(image, label, 1)``, readable ones
+    ``(image, label, 0)``; batches never shrink, so under DDP every rank runs every step. Otherwise
+    (evaluation) an unreadable item is ``None``. :func:`collate_skipping` counts both kinds.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], transform, *, replace_unreadable: bool = False) -> None:
+        self.samples, self.transform, self.replace_unreadable = samples, transform, replace_unreadable
+        self.class_indices: dict[int, list[int]] = {}
+        for index, (_, label) in enumerate(samples):
+            self.class_indices.setdefault(label, []).append(index)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        try:
-            image = open_rgb(path)  # 16-bit images scaled to 8 bits, not clipped
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            warnings.warn(f"skipping unreadable image {path}: {error}", RuntimeWarning, stacklevel=1)
+        image = _read_rgb(path, what="replaced in training" if self.replace_unreadable else "skipped")
+        if image is not None:
+            return (self.transform(image), label, 0) if self.replace_unreadable else (self.transform(image), label)
+        if not self.replace_unreadable:
             return None
-        return self.transform(image), label
+        for candidate in self._replacements(index):
+            image = _read_rgb(self.samples[candidate][0], what="replaced in training")
+            if image is not None:
+                return self.transform(image), self.samples[candidate][1], 1
+        raise RuntimeError(f"no image of the {len(self)} training images is readable any more (first: {self.samples[0][0]})")
+
+    def _replacements(self, index: int):
+        """Same-class indices after ``index`` (wrapping round), then every other index: deterministic,
+        so a resumed run replaces like an uninterrupted one."""
+        same = self.class_indices[self.samples[index][1]]
+        start = same.index(index)
+        yield from same[start + 1 :] + same[:start]
+        others = set(same)
+        yield from (i for i in range(len(self)) if i not in others)
 
 
 def collate_skipping(batch: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
-    """``(images, labels, skipped)``: default collate of the readable items, and how many were not."""
+    """``(images, labels, unreadable)``: default collate of the items that are not None, and how many
+    images were unreadable (items that are None, and replaced items ``(image, label, 1)``)."""
     kept = [item for item in batch if item is not None]
-    skipped = len(batch) - len(kept)
+    skipped = len(batch) - len(kept) + sum(int(item[2]) for item in kept if len(item) > 2)
     if not kept:
         return None, None, skipped
-    images, labels = torch.utils.data.default_collate(kept)
+    images, labels = torch.utils.data.default_collate([item[:2] for item in kept])
     return images, labels, skipped
 
 
@@ -149,6 +185,42 @@ def _samples(root: Path, class_names: list[str]) -> list[tuple[str, int]]:
             if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
                 samples.append((str(path), label))
     return samples
+
+
+def _decodable(path: str) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (16, 16))  # JPEG: decode at 1/8 scale, enough to find a broken file
+            image.load()
+        return True
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _check_classes(root: Path, classes: list[str], samples: list[tuple[str, int]], *, what: str, training: bool) -> None:
+    """Class folders with no image file (an error in training: a class that cannot be learnt; a warning
+    in validation: never evaluated), and classes whose files are all unreadable (found by decoding each
+    class's files until one works, usually the first): warned about; no readable image at all is an error."""
+    paths: dict[int, list[str]] = {label: [] for label in range(len(classes))}
+    for path, label in samples:
+        paths[label].append(path)
+    empty = [classes[label] for label, files in paths.items() if not files]
+    if empty:
+        message = f"{what}: class folder(s) of {str(root)!r} with no image file {IMAGE_EXTENSIONS}: {_names(empty)}"
+        if training:
+            raise UserError(f"{message} (a class without training images cannot be learnt: remove the folder or add images)")
+        warnings.warn(f"{message}: these classes are never evaluated", UserWarning, stacklevel=3)
+    unreadable = [classes[label] for label, files in paths.items() if files and not any(map(_decodable, files))]
+    if len(unreadable) + len(empty) == len(classes):
+        raise UserError(f"{what}: none of the {len(samples)} image files in {str(root)!r} is readable")
+    if unreadable:
+        effect = "never learnt (their images are replaced by other classes')" if training else "never evaluated"
+        warnings.warn(f"{what}: no readable image in class(es) {_names(unreadable)} of {str(root)!r}: {effect}",
+                      UserWarning, stacklevel=3)
 
 
 def _check_split(root: Path, what: str) -> list[str]:
@@ -197,7 +269,8 @@ def load_folder_data(root: str | Path, *, img_size: int, train: bool = True) -> 
         train_samples = _samples(root / "train", classes)
         if not train_samples:
             raise ValueError(f"training data: {str(root / 'train')!r} has class folders but no image files {IMAGE_EXTENSIONS}")
-        train_set = SkippingImageFolder(train_samples, train_tf)
+        _check_classes(root / "train", classes, train_samples, what="training data", training=True)
+        train_set = SkippingImageFolder(train_samples, train_tf, replace_unreadable=True)
     else:
         classes = _check_split(root / "val" if (root / "val").is_dir() else root, "evaluation data")
         train_set = None
@@ -205,6 +278,7 @@ def load_folder_data(root: str | Path, *, img_size: int, train: bool = True) -> 
     val_samples = _samples(val_root, classes)
     if not val_samples:
         raise ValueError(f"validation data: {str(val_root)!r} has class folders but no image files {IMAGE_EXTENSIONS}")
+    _check_classes(val_root, classes, val_samples, what="validation data", training=False)
     return ClassificationData(
         name=str(root), kind="folder", train=train_set, val=SkippingImageFolder(val_samples, eval_tf),
         class_names=classes, in_chans=3, img_size=img_size, preprocess=folder_preprocess(img_size),

@@ -7,13 +7,15 @@ from torch.utils.data import DataLoader
 
 from sasa.engine.distributed import DistributedContext, all_reduce_sums
 from sasa.engine.trainer import Autocast, StepResult
+from sasa.errors import UserError
 
 
 class ClassificationTask:
     """Cross-entropy (optionally label-smoothed) training; top-1/top-5 evaluation.
 
-    Batches are ``(images, labels, skipped)`` as made by :func:`sasa.classification.data.collate_skipping`
-    (``images`` is None when every image of the batch was unreadable).
+    Batches are ``(images, labels, unreadable)`` as made by :func:`sasa.classification.data.collate_skipping`.
+    Training batches are always full (unreadable images were replaced); in evaluation ``images`` is
+    None when every image of the batch was unreadable.
     """
 
     best_metric = "val_top1"
@@ -29,11 +31,11 @@ class ClassificationTask:
         self.eval_criterion = nn.CrossEntropyLoss(reduction="sum")
         self.topk = topk
 
-    def train_step(self, model: nn.Module, batch, device: torch.device) -> StepResult | None:
+    def train_step(self, model: nn.Module, batch, device: torch.device) -> StepResult:
         images, labels, skipped = batch
         counts = {"skipped_images": skipped} if skipped else {}
         if images is None:
-            return None
+            raise RuntimeError("a training batch without images: the training set must replace unreadable images")
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         logits = model(images)
@@ -46,7 +48,9 @@ class ClassificationTask:
     def evaluate(self, model: nn.Module, loader: DataLoader, ctx: DistributedContext, autocast: Autocast) -> dict[str, float]:
         sums = self.evaluate_sums(model, loader, ctx.device, autocast)
         totals = all_reduce_sums(sums, ctx)
-        n = max(totals["count"], 1)
+        if not totals["count"]:  # the same on every rank, so all of them stop here
+            raise UserError(f"no readable image to evaluate: all {int(totals['skipped'])} images are unreadable")
+        n = totals["count"]
         result = {"val_loss": totals["loss"] / n}
         for k in self.topk:
             result[f"val_top{k}"] = 100.0 * totals[f"top{k}"] / n

@@ -90,8 +90,9 @@ def add_parser(subparsers) -> None:
             "Train a classifier on DATA and write a run directory: config.json, metrics.csv/.jsonl, curves.png,\n"
             "last.safetensors, best.safetensors, state.pt.\n\n"
             "DATA: 'digits' (embedded 8x8 digits, 1437 train / 360 val, no download) or a folder\n"
-            "DATA/train/CLASS/IMAGE + DATA/val/CLASS/IMAGE. Unreadable image files are skipped with a warning\n"
-            "and counted (train_skipped_images / val_skipped_images in the metrics).\n\n"
+            "DATA/train/CLASS/IMAGE + DATA/val/CLASS/IMAGE. Unreadable image files are counted with a warning\n"
+            "(train_skipped_images / val_skipped_images): replaced by one of their class in training, skipped in\n"
+            "evaluation.\n\n"
             "Options left out take the value of the data's recipe (--lr: lr, or lr_per_256 × batch / 256):\n"
             + "\n".join(f"  {name}: {recipe}" for name, recipe in RECIPES.items())
             + "\n\nSeveral processes: torchrun --nproc_per_node=N -m sasa train ... (gloo on CPU, nccl on CUDA)."

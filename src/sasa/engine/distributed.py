@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sized
 
@@ -111,7 +112,16 @@ def make_loader(
     ``batch_size`` is per process."""
     if train:
         sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
-        drop_last = (len(dataset) // ctx.world_size > batch_size) if drop_last is None else drop_last
+        per_rank = len(sampler)  # ceil(len / world): the sampler pads with repeats
+        drop_last = per_rank > batch_size if drop_last is None else drop_last
+        if not drop_last and batch_size > 1 and per_rank % batch_size == 1:
+            # BatchNorm cannot train on one image whose map has shrunk to 1x1 ("Expected more than 1 value
+            # per channel when training"), so a last batch of one image is dropped, not trained on
+            drop_last = True
+            warnings.warn(
+                f"the last training batch would hold one image ({per_rank} images per process, batch {batch_size}): "
+                "it is dropped each epoch (BatchNorm cannot train on a batch of one)", UserWarning, stacklevel=2,
+            )
     else:
         sampler, drop_last = ShardSampler(dataset, ctx), False
     return DataLoader(
@@ -119,6 +129,18 @@ def make_loader(
         drop_last=drop_last, pin_memory=ctx.device.type == "cuda",
         # no persistent workers: fresh workers each epoch take their seeds from the (checkpointed) torch RNG
     )
+
+
+def broadcast_module(module: nn.Module, ctx: DistributedContext) -> None:
+    """Overwrite every rank's parameters and buffers with rank 0's (in place; a no-op in one process).
+
+    Under DDP the parameters agree but the BatchNorm running statistics (and an EMA of them) are each
+    rank's own; rank 0's are the ones saved, so they are the ones every rank must evaluate."""
+    if not ctx.is_distributed:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:

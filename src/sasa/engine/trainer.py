@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import random
 import time
@@ -25,7 +26,14 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sasa.engine.distributed import DistributedContext, all_reduce_sums, barrier, set_epoch, unwrap_model
+from sasa.engine.distributed import (
+    DistributedContext,
+    all_reduce_sums,
+    barrier,
+    broadcast_module,
+    set_epoch,
+    unwrap_model,
+)
 from sasa.engine.io import load_state, save_state, save_weights
 from sasa.engine.progress import ProgressReporter, format_metrics
 from sasa.engine.run_dir import RunDir
@@ -86,8 +94,10 @@ class Task(Protocol):
     best_metric: str  # row key that selects best.safetensors, e.g. "val_top1" or "val_map"
     best_mode: str  # "max" or "min"
 
-    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult | None:
-        """Forward one batch (runs under autocast) and return the loss; None skips the batch."""
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> StepResult:
+        """Forward one batch (runs under autocast) and return the loss. Every batch must give a loss:
+        under DDP a rank that skipped its backward would leave the others waiting in the gradient
+        all-reduce (replace unreadable samples in the dataset instead of skipping a batch)."""
 
     def evaluate(self, model: nn.Module, loader: DataLoader, ctx: DistributedContext, autocast: Autocast) -> dict[str, float]:
         """Metrics over this rank's shard of ``loader``, reduced over ranks (e.g. with
@@ -128,10 +138,17 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
     unit = steps_per_epoch if config.sched_per == "step" else 1
     warmup = int(round(config.warmup_epochs * unit))
     total = config.epochs * unit
-    return CosineLRScheduler(
-        optimizer, t_initial=max(total - warmup, 1), lr_min=config.min_lr, warmup_t=warmup,
-        warmup_lr_init=config.warmup_lr, warmup_prefix=True, t_in_epochs=config.sched_per == "epoch",
-    )
+    # a cosine of one step is a constant lr, as intended for such a short run: timm's warning about it
+    # ("Cosine annealing scheduler will have no effect") is noise for the user, even without --quiet
+    timm_logger = logging.getLogger("timm.scheduler.cosine_lr")
+    previous, timm_logger.disabled = timm_logger.disabled, True
+    try:
+        return CosineLRScheduler(
+            optimizer, t_initial=max(total - warmup, 1), lr_min=config.min_lr, warmup_t=warmup,
+            warmup_lr_init=config.warmup_lr, warmup_prefix=True, t_in_epochs=config.sched_per == "epoch",
+        )
+    finally:
+        timm_logger.disabled = previous
 
 
 def rng_state() -> dict[str, Any]:
@@ -189,7 +206,10 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.steps_per_epoch = len(train_loader)
         if self.steps_per_epoch == 0:
-            raise ValueError("the training set gives no batch: it is empty or smaller than one batch per process")
+            raise ValueError(
+                "the training set gives no batch: it is empty, or holds a single image per process "
+                "(a batch of one image is dropped: BatchNorm cannot train on it)"
+            )
         self.optimizer = build_optimizer(unwrap_model(model), config)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.autocast = autocast_factory(ctx.device, config.amp)
@@ -198,7 +218,9 @@ class Trainer:
         if config.ema:
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(unwrap_model(model), decay=config.ema_decay)
+            # decay warm-up, min(decay, 1 - (1 + step)^-2/3): a fixed 0.9998 averages over ~5000 steps, so a
+            # run of a few hundred steps would evaluate and save weights still close to the random init
+            self.ema = ModelEmaV3(unwrap_model(model), decay=config.ema_decay, use_warmup=True)
         self.start_epoch = 0  # completed epochs
         self.num_updates = 0
         self.best_value: float | None = None
@@ -258,18 +280,23 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
         images = 0
+        lr_sum, steps = 0.0, 0  # of the lr each step trained at: the row's lr is the epoch's mean
         bar = self.progress.epoch(desc=f"epoch {epoch + 1}/{config.epochs}", total=self.steps_per_epoch)
         start = time.perf_counter()
         for batch in self.train_loader:
             with self.autocast():
                 result = self.task.train_step(model, batch, ctx.device)
             if result is None:
-                continue
+                raise TypeError(
+                    f"{type(self.task).__name__}.train_step returned None: every batch must give a loss "
+                    "(under DDP all ranks take part in every gradient all-reduce)"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(result.loss).backward()
             if config.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            lr_sum, steps = lr_sum + self.optimizer.param_groups[0]["lr"], steps + 1
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.num_updates += 1
@@ -286,7 +313,7 @@ class Trainer:
             bar.update(result.batch_size * ctx.world_size, {key: sums[key] / images for key in sums})
         bar.close()
         train_seconds = time.perf_counter() - start
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = lr_sum / max(steps, 1)
         self.scheduler.step(epoch + 1)
 
         totals = all_reduce_sums({**{f"s:{k}": v for k, v in sums.items()}, **{f"c:{k}": v for k, v in counts.items()},
@@ -296,6 +323,7 @@ class Trainer:
         for key in sums:
             row[f"train_{key}"] = totals[f"s:{key}"] / max(total_images, 1)
         if self.val_loader is not None:
+            broadcast_module(self.eval_model, ctx)  # evaluate the weights that are saved: rank 0's
             self.eval_model.eval()
             with torch.no_grad():
                 row.update(self.task.evaluate(self.eval_model, self.val_loader, ctx, self.autocast))
