@@ -81,3 +81,23 @@ def test_absolute_wrong_size():
     layer = LocalSelfAttention2d(4, 8, num_heads=2, positional="absolute", input_size=(6, 6))
     with pytest.raises(ValueError, match=r"built for input size \(6, 6\), got \(5, 6\)"):
         layer(torch.randn(1, 4, 5, 6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", [{}, {"positional": "none"}, {"content": False}, {"positional": "absolute", "input_size": (7, 5)}])
+def test_layer_fast_path_matches_reference_backend(dtype, options):
+    """The layout-native kernel call (backend auto) gives the values and gradients of the reference backend."""
+    import copy
+
+    torch.manual_seed(0)
+    fast = LocalSelfAttention2d(6, 16, kernel_size=5, num_heads=2, **options).to(dtype)
+    slow = copy.deepcopy(fast)
+    slow.backend = "reference"
+    x = torch.randn(2, 6, 7, 5, dtype=dtype, requires_grad=True)
+    out, expected = fast(x), slow(x)
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, expected, **tol)
+    grad = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, [x, *fast.parameters()], grad),
+                    torch.autograd.grad(expected, [x, *slow.parameters()], grad)):
+        torch.testing.assert_close(g, w, **tol)

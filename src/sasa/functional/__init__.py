@@ -6,9 +6,12 @@ import torch
 from sasa.functional import backends as _backends  # noqa: F401  (registers the backends)
 from sasa.functional._checks import check_local_attention_args
 from sasa.functional.dispatch import available_backends, explain_backend, select_backend
+from sasa.functional.packed import local_attention2d_packed
 from sasa.functional.reference import local_attention2d_reference
 
-__all__ = ["local_attention2d", "local_attention2d_reference", "available_backends", "explain_backend"]
+__all__ = [
+    "local_attention2d", "local_attention2d_packed", "local_attention2d_reference", "available_backends", "explain_backend",
+]
 
 
 def local_attention2d(

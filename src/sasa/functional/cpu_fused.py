@@ -15,7 +15,9 @@ as a warning, and ``why_not`` reports ``"compiler/extension unavailable: <reason
 ``auto`` falls back (to ``"chunked"``). ``SASA_DISABLE_CPU_EXT=1`` simulates that.
 
 Memory: the forward saves q, k, v, rel_pos, the output and one float per pixel (the
-logsumexp); the backward recomputes the probabilities. float16/bfloat16 are computed in
+logsumexp); the backward recomputes the probabilities. Without autograd the forward-only
+kernel computes and keeps no logsumexp. ``local_attention2d_packed_cpu_fused`` is the
+layout-native entry (the layer's (B, 3·N·D, H, W) projection in, (B, N·D, H, W) out). float16/bfloat16 are computed in
 float32 (the casts are outside the autograd function, so gradients come back in the
 input dtype). Double backward is not supported (``once_differentiable``).
 
@@ -140,6 +142,16 @@ def why_not(q, k, v, kernel_size, rel_pos) -> str | None:
     return None
 
 
+def _drel_from_partial(drel_partial: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """Per-task partial sums (B, N, bands, K, K, D) -> the gradient of rel (1 or N, K, K, D)."""
+    drel = drel_partial.sum(dim=(0, 2))  # (N, K, K, D)
+    return drel.sum(dim=0, keepdim=True) if rel.shape[0] == 1 else drel
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class _FusedLocalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, rel, kernel_size: int, has_rel: bool):
@@ -158,24 +170,71 @@ class _FusedLocalAttention(torch.autograd.Function):
         dq, dk, dv, drel_partial = load_extension().backward(
             grad_out, q, k, v, rel, out, lse, ctx.kernel_size, need_drel
         )
-        drel = None
-        if need_drel:
-            drel = drel_partial.sum(dim=(0, 2))  # (N, K, K, D)
-            if rel.shape[0] == 1:
-                drel = drel.sum(dim=0, keepdim=True)
+        drel = _drel_from_partial(drel_partial, rel) if need_drel else None
         return dq, dk, dv, drel, None, None
 
 
-def local_attention2d_cpu_fused(q, k, v, *, kernel_size: int, rel_pos=None):
-    """Fused CPU local attention; same contract as the reference (SPEC §1)."""
-    dtype = q.dtype
-    compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    q_, k_, v_ = (t.to(compute).contiguous() for t in (q, k, v))
+class _FusedPackedLocalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, rel, kernel_size: int, num_heads: int, scale: float, has_rel: bool):
+        out, lse = load_extension().forward_packed(qkv, rel, kernel_size, num_heads, scale, True)
+        ctx.save_for_backward(qkv, rel, out, lse)
+        ctx.args = (kernel_size, num_heads, scale)
+        ctx.has_rel = has_rel
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        qkv, rel, out, lse = ctx.saved_tensors
+        need_drel = ctx.has_rel and ctx.needs_input_grad[1]
+        dqkv, drel_partial = load_extension().backward_packed(grad_out, qkv, rel, out, lse, *ctx.args, need_drel)
+        drel = _drel_from_partial(drel_partial, rel) if need_drel else None
+        return dqkv, drel, None, None, None, None
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _kernel_rel(rel_pos, kernel_size: int, dim: int, compute: torch.dtype) -> tuple[torch.Tensor, bool]:
+    """rel_pos as the kernel takes it, (1 or N, K, K, D) contiguous (zeros when None), and whether it was given."""
     if rel_pos is None:
-        rel = torch.zeros(1, kernel_size, kernel_size, q.shape[-1], dtype=compute)
-        has_rel = False
+        return torch.zeros(1, kernel_size, kernel_size, dim, dtype=compute), False
+    rel = rel_pos if rel_pos.dim() == 4 else rel_pos.unsqueeze(0)
+    return rel.to(compute).contiguous(), True
+
+
+def local_attention2d_cpu_fused(q, k, v, *, kernel_size: int, rel_pos=None):
+    """Fused CPU local attention; same contract as the reference (SPEC §1).
+
+    Without autograd (``no_grad``, or no input requiring grad) the forward-only kernel runs: no
+    logsumexp is computed or kept.
+    """
+    dtype = q.dtype
+    compute = _compute_dtype(dtype)
+    q_, k_, v_ = (t.to(compute).contiguous() for t in (q, k, v))
+    rel, has_rel = _kernel_rel(rel_pos, kernel_size, q.shape[-1], compute)
+    if _needs_grad(q, k, v, rel):
+        out = _FusedLocalAttention.apply(q_, k_, v_, rel, kernel_size, has_rel)
     else:
-        rel = (rel_pos if rel_pos.dim() == 4 else rel_pos.unsqueeze(0)).to(compute).contiguous()
-        has_rel = True
-    out = _FusedLocalAttention.apply(q_, k_, v_, rel, kernel_size, has_rel)
+        out = load_extension().forward(q_, k_, v_, rel, kernel_size, False)[0]
+    return out.to(dtype)
+
+
+def local_attention2d_packed_cpu_fused(qkv, *, num_heads: int, kernel_size: int, rel_pos=None, scale: float = 1.0):
+    """Layout-native fused CPU local attention: qkv (B, 3·N·D, H, W) -> (B, N·D, H, W).
+
+    The kernel reads q, k, v straight from the 1×1 projection's output and writes the layer's
+    output layout: no rearrange/contiguous copies; ``scale`` multiplies q inside the kernel.
+    """
+    dtype = qkv.dtype
+    compute = _compute_dtype(dtype)
+    qkv_ = qkv.to(compute).contiguous()
+    dim = qkv.shape[1] // (3 * num_heads)
+    rel, has_rel = _kernel_rel(rel_pos, kernel_size, dim, compute)
+    if _needs_grad(qkv, rel):
+        out = _FusedPackedLocalAttention.apply(qkv_, rel, kernel_size, num_heads, float(scale), has_rel)
+    else:
+        out = load_extension().forward_packed(qkv_, rel, kernel_size, num_heads, float(scale), False)[0]
     return out.to(dtype)

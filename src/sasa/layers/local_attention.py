@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from sasa.functional import local_attention2d
+from sasa.functional import local_attention2d_packed
 from sasa.functional._checks import check_kernel_size
 from sasa.functional.flops import local_attention2d_macs
 from sasa.layers.relative_position import RelativePositionEmbedding2d
@@ -60,7 +59,8 @@ class LocalSelfAttention2d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=1)
+        qkv = self.qkv(x)
+        q, k, v = qkv.chunk(3, dim=1)
         if self.abs_pos is not None:
             if tuple(x.shape[-2:]) != tuple(self.abs_pos.shape[-2:]):
                 raise ValueError(
@@ -69,12 +69,14 @@ class LocalSelfAttention2d(nn.Module):
             k = k + self.abs_pos
         if not self.content:
             k = torch.zeros_like(k)
-        q = q * self.head_dim**-0.5
-        split = "b (n d) h w -> b n h w d"
-        q, k, v = (rearrange(t, split, n=self.num_heads).contiguous() for t in (q, k, v))
+        if self.abs_pos is not None or not self.content:
+            qkv = torch.cat([q, k, v], dim=1)
         rel_pos = self.rel_pos(self.num_heads) if self.rel_pos is not None else None
-        out = local_attention2d(q, k, v, kernel_size=self.kernel_size, rel_pos=rel_pos, backend=self.backend)
-        out = rearrange(out, "b n h w d -> b (n d) h w")
+        # the layout-native entry: the kernel reads the projection in place and writes (B, C, H, W)
+        out = local_attention2d_packed(
+            qkv, num_heads=self.num_heads, kernel_size=self.kernel_size, rel_pos=rel_pos,
+            scale=self.head_dim**-0.5, backend=self.backend,
+        )
         if self.stride == 2:
             out = F.avg_pool2d(out, 2, 2, ceil_mode=True)
         return out

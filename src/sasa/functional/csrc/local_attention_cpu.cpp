@@ -118,8 +118,13 @@ SASA_INLINE V vmax(V a, V b) {
   return a > b ? a : b;
 }
 
+// ct_in / ct_out: 0 for the public layout (B, N, H, W, C); otherwise the channel count of the
+// packed layout (B, ct, H, W) that q, k, v (ct_in = 3 N D, head n's channels at n*C of each
+// third) and out / grad_out (ct_out = N Dv) live in. scale multiplies q on load (and dq on store).
 struct Geometry {
   int64_t B, N, H, W, D, Dv, K, Nr, Wq, Wk;
+  int64_t ct_in = 0, ct_out = 0;
+  double scale = 1.0;
 };
 
 template <int C>
@@ -267,20 +272,53 @@ SASA_INLINE void lanes_to_row(const T* __restrict src, int64_t ld, int64_t W, in
     }
 }
 
-// Rows [r0, r1) of image bn of x (B, N, H, W, C) -> buf (r1 - r0, C, ld), column c at
-// c + pad. The buffer must be zero where nothing is written (padding).
+// Channel ch of row a of image bn in the packed layout (B, ct, H, W): a contiguous run of W.
 template <typename T>
-SASA_INLINE void rows_to_lanes(const Geometry& g, const T* x, int64_t C, int64_t bn, int64_t r0, int64_t r1,
-                               T* buf, int64_t ld, int64_t pad) {
+SASA_INLINE T* packed_row(const Geometry& g, T* x, int64_t ct, int64_t C, int64_t bn, int64_t ch, int64_t a) {
+  return x + (((bn / g.N) * ct + (bn % g.N) * C + ch) * g.H + a) * g.W;
+}
+
+// Rows [r0, r1) of image bn of x -> buf (r1 - r0, C, ld), column c at c + pad. x is in the
+// public layout (B, N, H, W, C) when ct == 0 (transposed per row), else packed (B, ct, H, W)
+// (already channel-major: plain copies). The buffer must be zero where nothing is written.
+template <typename T>
+SASA_INLINE void rows_to_lanes(const Geometry& g, const T* x, int64_t C, int64_t ct, int64_t bn, int64_t r0,
+                               int64_t r1, T* buf, int64_t ld, int64_t pad) {
+  if (ct == 0) {
+    for (int64_t a = r0; a < r1; ++a)
+      row_to_lanes<T>(x + ((bn * g.H + a) * g.W) * C, g.W, C, buf + (a - r0) * C * ld + pad, ld);
+    return;
+  }
   for (int64_t a = r0; a < r1; ++a)
-    row_to_lanes<T>(x + ((bn * g.H + a) * g.W) * C, g.W, C, buf + (a - r0) * C * ld + pad, ld);
+    for (int64_t ch = 0; ch < C; ++ch)
+      std::memcpy(buf + ((a - r0) * C + ch) * ld + pad, packed_row(g, x, ct, C, bn, ch, a), sizeof(T) * g.W);
 }
 
 template <typename T, bool ADD>
-SASA_INLINE void lanes_to_rows(const Geometry& g, const T* buf, int64_t ld, int64_t pad, int64_t C, int64_t bn,
-                               int64_t r0, int64_t r1, T* x) {
+SASA_INLINE void lanes_to_rows(const Geometry& g, const T* buf, int64_t ld, int64_t pad, int64_t C, int64_t ct,
+                               int64_t bn, int64_t r0, int64_t r1, T* x) {
+  if (ct == 0) {
+    for (int64_t a = r0; a < r1; ++a)
+      lanes_to_row<T, ADD>(buf + (a - r0) * C * ld + pad, ld, g.W, C, x + ((bn * g.H + a) * g.W) * C);
+    return;
+  }
   for (int64_t a = r0; a < r1; ++a)
-    lanes_to_row<T, ADD>(buf + (a - r0) * C * ld + pad, ld, g.W, C, x + ((bn * g.H + a) * g.W) * C);
+    for (int64_t ch = 0; ch < C; ++ch) {
+      const T* __restrict src = buf + ((a - r0) * C + ch) * ld + pad;
+      T* __restrict dst = packed_row(g, x, ct, C, bn, ch, a);
+      if (ADD) {
+        for (int64_t c = 0; c < g.W; ++c) dst[c] += src[c];
+      } else {
+        std::memcpy(dst, src, sizeof(T) * g.W);
+      }
+    }
+}
+
+template <typename T>
+SASA_INLINE void scale_buffer(std::vector<T>& buf, double scale) {
+  if (scale == 1.0) return;
+  const T s = static_cast<T>(scale);
+  for (auto& x : buf) x *= s;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -296,9 +334,10 @@ SASA_INLINE void forward_band_impl(const Geometry& g, const T* q, const T* k, co
   const int64_t lo = std::max<int64_t>(0, i0 - r), hi = std::min<int64_t>(H, i1 + r);
   std::vector<T> qbuf(static_cast<size_t>((i1 - i0) * D * Wq)), kbuf(static_cast<size_t>((hi - lo) * D * Wk)),
       vbuf(static_cast<size_t>((hi - lo) * Dv * Wk)), obuf(static_cast<size_t>(Dv * Wq));
-  rows_to_lanes<T>(g, q, D, bn, i0, i1, qbuf.data(), Wq, 0);
-  rows_to_lanes<T>(g, k, D, bn, lo, hi, kbuf.data(), Wk, r);
-  rows_to_lanes<T>(g, v, Dv, bn, lo, hi, vbuf.data(), Wk, r);
+  rows_to_lanes<T>(g, q, D, g.ct_in, bn, i0, i1, qbuf.data(), Wq, 0);
+  scale_buffer(qbuf, g.scale);
+  rows_to_lanes<T>(g, k, D, g.ct_in, bn, lo, hi, kbuf.data(), Wk, r);
+  rows_to_lanes<T>(g, v, Dv, g.ct_in, bn, lo, hi, vbuf.data(), Wk, r);
   const T* kimg = kbuf.data();
   const T* vimg = vbuf.data();
   VecBuf<V> Lbuf(K * K);
@@ -311,7 +350,7 @@ SASA_INLINE void forward_band_impl(const Geometry& g, const T* q, const T* k, co
     const int64_t cnt = (a1 - a0 + 1) * K;
     const T* qrow = qbuf.data() + (i - i0) * D * Wq;
     T* orow = obuf.data();
-    T* lrow = lse + (bn * H + i) * W;
+    T* lrow = lse ? lse + (bn * H + i) * W : nullptr;  // no lse: forward only
     for (int64_t j0 = 0; j0 < Wq; j0 += VL) {
       for (int64_t d = 0; d < D; ++d) qv[d] = vload<V>(qrow + d * Wq + j0);
       logits_for_lanes<T, DC>(g, qv, kimg, lo, rhead, bias, i, a0, a1, j0, L);
@@ -335,9 +374,10 @@ SASA_INLINE void forward_band_impl(const Geometry& g, const T* q, const T* k, co
       }
       const V inv = T(1) / sum;
       for (int64_t e = 0; e < Dv; ++e) vstore(orow + e * Wq + j0, acc[e] * inv);
-      for (int l = 0; l < VL && j0 + l < W; ++l) lrow[j0 + l] = m[l] + std::log(sum[l]);
+      if (lrow)
+        for (int l = 0; l < VL && j0 + l < W; ++l) lrow[j0 + l] = m[l] + std::log(sum[l]);
     }
-    lanes_to_row<T, false>(orow, Wq, W, Dv, out + (bn * H + i) * W * Dv);
+    lanes_to_rows<T, false>(g, orow, Wq, 0, Dv, g.ct_out, bn, i, i + 1, out);
   }
 }
 
@@ -360,11 +400,12 @@ SASA_INLINE void backward_band_impl(const Geometry& g, const T* q, const T* k, c
       vbuf(static_cast<size_t>(nk * Dv * Wk)), dqbuf(static_cast<size_t>(D * Wq)),
       dkbuf(static_cast<size_t>(nk * D * Wk)), dvbuf(static_cast<size_t>(nk * Dv * Wk)),
       lbuf(static_cast<size_t>(Wq));
-  rows_to_lanes<T>(g, q, D, bn, i0, i1, qbuf.data(), Wq, 0);
-  rows_to_lanes<T>(g, gout, Dv, bn, i0, i1, gbuf.data(), Wq, 0);
-  rows_to_lanes<T>(g, out, Dv, bn, i0, i1, obuf.data(), Wq, 0);
-  rows_to_lanes<T>(g, k, D, bn, lo, hi, kbuf.data(), Wk, r);
-  rows_to_lanes<T>(g, v, Dv, bn, lo, hi, vbuf.data(), Wk, r);
+  rows_to_lanes<T>(g, q, D, g.ct_in, bn, i0, i1, qbuf.data(), Wq, 0);
+  scale_buffer(qbuf, g.scale);
+  rows_to_lanes<T>(g, gout, Dv, g.ct_out, bn, i0, i1, gbuf.data(), Wq, 0);
+  rows_to_lanes<T>(g, out, Dv, g.ct_out, bn, i0, i1, obuf.data(), Wq, 0);
+  rows_to_lanes<T>(g, k, D, g.ct_in, bn, lo, hi, kbuf.data(), Wk, r);
+  rows_to_lanes<T>(g, v, Dv, g.ct_in, bn, lo, hi, vbuf.data(), Wk, r);
   const T* kimg = kbuf.data();
   const T* vimg = vbuf.data();
   T* dkimg = dkbuf.data();
@@ -415,9 +456,10 @@ SASA_INLINE void backward_band_impl(const Geometry& g, const T* q, const T* k, c
           for (int64_t d = 0; d < D; ++d) dqacc[d] += ds * (vload<V>(kp + d * Wk) + rr[d]);
         }
       }
-      for (int64_t d = 0; d < D; ++d) vstore(dqrow + d * Wq + j0, dqacc[d]);
+      const V dq_scale = vsplat<V>(static_cast<T>(g.scale));  // d/dq of q*scale
+      for (int64_t d = 0; d < D; ++d) vstore(dqrow + d * Wq + j0, dqacc[d] * dq_scale);
     }
-    lanes_to_row<T, false>(dqrow, Wq, W, D, dq + (bn * H + i) * W * D);
+    lanes_to_rows<T, false>(g, dqrow, Wq, 0, D, g.ct_in, bn, i, i + 1, dq);
     // Pass B (offsets outer, so the shifted read-modify-writes of dk/dv never hit a store
     // still in flight): dv += p dout, dk += ds q, drel += sum over columns of ds q.
     int64_t t = 0;
@@ -455,8 +497,8 @@ SASA_INLINE void backward_band_impl(const Geometry& g, const T* q, const T* k, c
     }
   }
   // dk/dv rows [lo, hi): no other task of this phase touches them (bands >= 2r apart)
-  lanes_to_rows<T, true>(g, dkimg, Wk, r, D, bn, lo, hi, dk);
-  lanes_to_rows<T, true>(g, dvimg, Wk, r, Dv, bn, lo, hi, dv);
+  lanes_to_rows<T, true>(g, dkimg, Wk, r, D, g.ct_in, bn, lo, hi, dk);
+  lanes_to_rows<T, true>(g, dvimg, Wk, r, Dv, g.ct_in, bn, lo, hi, dv);
 }
 
 // Two compiled copies of each kernel: baseline ISA and AVX2+FMA.
@@ -639,27 +681,84 @@ torch::Tensor border_bias(const Geometry& g, const torch::TensorOptions& opts) {
 
 }  // namespace
 
+namespace {
+
+// Runs the forward kernel; q, k, v, out are base pointers in the layout g describes, lse may be
+// null (forward only: no logsumexp computed or stored).
+template <typename T>
+void run_forward(const Geometry& g, const T* q, const T* k, const T* v, const torch::Tensor& rel,
+                 const torch::Tensor& bias, T* out, T* lse) {
+  Pointers<T> p{};
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.rel = rel.data_ptr<T>();
+  p.bias = bias.data_ptr<T>();
+  p.out_w = out;
+  p.lse_w = lse;
+  FwdRun<T> runner{g, p};
+  dispatch_dims<T>(g.D, g.Dv, runner);
+}
+
+// Runs the backward kernel; dk and dv must be zero on entry (they are accumulated).
+template <typename T>
+torch::Tensor run_backward(const Geometry& g, const T* q, const T* k, const T* v, const torch::Tensor& rel,
+                           const T* out, const torch::Tensor& lse, const T* gout, T* dq, T* dk, T* dv,
+                           bool need_drel, const torch::TensorOptions& opts) {
+  // Bands of query rows: enough tasks per phase for all threads, each band >= 2r rows
+  // high so that bands two apart never write the same key row.
+  const auto [band_height, num_bands] = choose_bands(g.B * g.N, g.H, 2 * (g.K / 2), 4);
+  auto bias = border_bias(g, opts);
+  auto drel = need_drel ? torch::zeros({g.B, g.N, num_bands, g.K, g.K, g.D}, opts) : torch::zeros({1}, opts);
+  Pointers<T> p{};
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.rel = rel.data_ptr<T>();
+  p.bias = bias.data_ptr<T>();
+  p.out = out;
+  p.lse = lse.data_ptr<T>();
+  p.gout = gout;
+  p.dq = dq;
+  p.dk = dk;
+  p.dv = dv;
+  p.drel = drel.data_ptr<T>();
+  BwdRun<T> runner{g, p, need_drel, band_height, num_bands};
+  dispatch_dims<T>(g.D, g.Dv, runner);
+  return drel;
+}
+
+// Geometry of the packed layout: qkv (B, 3 N D, H, W), Dv = D.
+Geometry packed_geometry(const torch::Tensor& qkv, const torch::Tensor& rel, int64_t K, int64_t N, double scale) {
+  TORCH_CHECK(qkv.dim() == 4 && rel.dim() == 4, "sasa cpu kernel: bad ranks");
+  TORCH_CHECK(K > 0 && K % 2 == 1, "sasa cpu kernel: kernel_size must be odd and positive");
+  TORCH_CHECK(N > 0 && qkv.size(1) % (3 * N) == 0, "sasa cpu kernel: qkv channels must be 3 * num_heads * D");
+  const int64_t W = qkv.size(3), r = K / 2, D = qkv.size(1) / (3 * N);
+  const int64_t Wq = (W + kWidthQuantum - 1) / kWidthQuantum * kWidthQuantum;
+  Geometry g{qkv.size(0), N, qkv.size(2), W, D, D, K, rel.size(0), Wq, Wq + 2 * r};
+  g.ct_in = 3 * N * D;
+  g.ct_out = N * D;
+  g.scale = scale;
+  TORCH_CHECK(rel.size(1) == K && rel.size(2) == K && rel.size(3) == D && (g.Nr == 1 || g.Nr == N),
+              "sasa cpu kernel: rel_pos must be (1 or N, K, K, D)");
+  return g;
+}
+
+}  // namespace
+
 // q, k (B, N, H, W, D), v (B, N, H, W, Dv), rel (1 or N, K, K, D), all contiguous.
-// Returns out (B, N, H, W, Dv) and lse (B, N, H, W).
+// Returns out (B, N, H, W, Dv) and lse (B, N, H, W); lse is empty when need_lse is false.
 std::vector<torch::Tensor> local_attention_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                                   torch::Tensor rel, int64_t kernel_size) {
+                                                   torch::Tensor rel, int64_t kernel_size, bool need_lse) {
   check_inputs({&q, &k, &v, &rel}, q);
   const Geometry g = geometry(q, v, rel, kernel_size);
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes().slice(0, 4) == q.sizes().slice(0, 4), "sasa cpu kernel: shapes");
   auto bias = border_bias(g, q.options());
   auto out = torch::empty({g.B, g.N, g.H, g.W, g.Dv}, q.options());
-  auto lse = torch::empty({g.B, g.N, g.H, g.W}, q.options());
+  auto lse = need_lse ? torch::empty({g.B, g.N, g.H, g.W}, q.options()) : torch::empty({0}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sasa_local_attention_forward", [&] {
-    Pointers<scalar_t> p{};
-    p.q = q.data_ptr<scalar_t>();
-    p.k = k.data_ptr<scalar_t>();
-    p.v = v.data_ptr<scalar_t>();
-    p.rel = rel.data_ptr<scalar_t>();
-    p.bias = bias.data_ptr<scalar_t>();
-    p.out_w = out.data_ptr<scalar_t>();
-    p.lse_w = lse.data_ptr<scalar_t>();
-    FwdRun<scalar_t> runner{g, p};
-    dispatch_dims<scalar_t>(g.D, g.Dv, runner);
+    run_forward<scalar_t>(g, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), rel, bias,
+                          out.data_ptr<scalar_t>(), need_lse ? lse.data_ptr<scalar_t>() : nullptr);
   });
   return {out, lse};
 }
@@ -673,42 +772,72 @@ std::vector<torch::Tensor> local_attention_backward(torch::Tensor gout, torch::T
   check_inputs({&gout, &q, &k, &v, &rel, &out, &lse}, q);
   const Geometry g = geometry(q, v, rel, kernel_size);
   TORCH_CHECK(gout.sizes() == out.sizes() && out.sizes() == v.sizes(), "sasa cpu kernel: bad grad shape");
-  const int64_t r = kernel_size / 2;
-  auto bias = border_bias(g, q.options());
-  // Bands of query rows: enough tasks per phase for all threads, each band >= 2r rows
-  // high so that bands two apart never write the same key row.
-  const auto [band_height, num_bands] = choose_bands(g.B * g.N, g.H, 2 * r, 4);
   auto dq = torch::empty_like(q);
   auto dk = torch::zeros_like(k);
   auto dv = torch::zeros_like(v);
-  auto drel = need_drel ? torch::zeros({g.B, g.N, num_bands, g.K, g.K, g.D}, q.options())
-                        : torch::zeros({1}, q.options());
+  torch::Tensor drel;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sasa_local_attention_backward", [&] {
-    Pointers<scalar_t> p{};
-    p.q = q.data_ptr<scalar_t>();
-    p.k = k.data_ptr<scalar_t>();
-    p.v = v.data_ptr<scalar_t>();
-    p.rel = rel.data_ptr<scalar_t>();
-    p.bias = bias.data_ptr<scalar_t>();
-    p.out = out.data_ptr<scalar_t>();
-    p.lse = lse.data_ptr<scalar_t>();
-    p.gout = gout.data_ptr<scalar_t>();
-    p.dq = dq.data_ptr<scalar_t>();
-    p.dk = dk.data_ptr<scalar_t>();
-    p.dv = dv.data_ptr<scalar_t>();
-    p.drel = drel.data_ptr<scalar_t>();
-    BwdRun<scalar_t> runner{g, p, need_drel, band_height, num_bands};
-    dispatch_dims<scalar_t>(g.D, g.Dv, runner);
+    drel = run_backward<scalar_t>(g, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), rel,
+                                  out.data_ptr<scalar_t>(), lse, gout.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(),
+                                  dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), need_drel, q.options());
   });
   return {dq, dk, dv, drel};
+}
+
+// Layout-native entry: qkv (B, 3 N D, H, W) as a 1x1 projection writes it (channels q | k | v,
+// head-major within each), rel (1 or N, K, K, D); the logits use q * scale. Returns out
+// (B, N D, H, W) and lse (B, N, H, W) (empty when need_lse is false). No layout copies.
+std::vector<torch::Tensor> local_attention_forward_packed(torch::Tensor qkv, torch::Tensor rel, int64_t kernel_size,
+                                                          int64_t num_heads, double scale, bool need_lse) {
+  check_inputs({&qkv, &rel}, qkv);
+  const Geometry g = packed_geometry(qkv, rel, kernel_size, num_heads, scale);
+  auto bias = border_bias(g, qkv.options());
+  auto out = torch::empty({g.B, g.N * g.Dv, g.H, g.W}, qkv.options());
+  auto lse = need_lse ? torch::empty({g.B, g.N, g.H, g.W}, qkv.options()) : torch::empty({0}, qkv.options());
+  const int64_t third = g.N * g.D * g.H * g.W;
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "sasa_local_attention_forward_packed", [&] {
+    const scalar_t* base = qkv.data_ptr<scalar_t>();
+    run_forward<scalar_t>(g, base, base + third, base + 2 * third, rel, bias, out.data_ptr<scalar_t>(),
+                          need_lse ? lse.data_ptr<scalar_t>() : nullptr);
+  });
+  return {out, lse};
+}
+
+// Backward of the layout-native entry: returns dqkv (B, 3 N D, H, W) and drel_partial as above.
+std::vector<torch::Tensor> local_attention_backward_packed(torch::Tensor gout, torch::Tensor qkv, torch::Tensor rel,
+                                                           torch::Tensor out, torch::Tensor lse, int64_t kernel_size,
+                                                           int64_t num_heads, double scale, bool need_drel) {
+  gout = gout.contiguous();
+  check_inputs({&gout, &qkv, &rel, &out, &lse}, qkv);
+  const Geometry g = packed_geometry(qkv, rel, kernel_size, num_heads, scale);
+  TORCH_CHECK(gout.sizes() == out.sizes() && out.size(1) == g.N * g.D, "sasa cpu kernel: bad grad shape");
+  const int64_t third = g.N * g.D * g.H * g.W;
+  auto dqkv = torch::empty_like(qkv);
+  dqkv.narrow(1, g.N * g.D, 2 * g.N * g.D).zero_();  // dk, dv are accumulated; dq is written
+  torch::Tensor drel;
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "sasa_local_attention_backward_packed", [&] {
+    const scalar_t* base = qkv.data_ptr<scalar_t>();
+    scalar_t* dbase = dqkv.data_ptr<scalar_t>();
+    drel = run_backward<scalar_t>(g, base, base + third, base + 2 * third, rel, out.data_ptr<scalar_t>(), lse,
+                                  gout.data_ptr<scalar_t>(), dbase, dbase + third, dbase + 2 * third, need_drel,
+                                  qkv.options());
+  });
+  return {dqkv, drel};
 }
 
 std::string isa() { return use_avx2() ? "avx2" : "baseline"; }
 void force_baseline_isa(bool force) { g_force_baseline = force; }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &local_attention_forward, "fused local attention forward -> [out, lse]");
+  namespace py = pybind11;
+  m.def("forward", &local_attention_forward, "fused local attention forward -> [out, lse]", py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("rel"), py::arg("kernel_size"), py::arg("need_lse") = true);
   m.def("backward", &local_attention_backward, "fused local attention backward -> [dq, dk, dv, drel_partial]");
+  m.def("forward_packed", &local_attention_forward_packed,
+        "layout-native forward: qkv (B, 3ND, H, W) -> [out (B, ND, H, W), lse]", py::arg("qkv"), py::arg("rel"),
+        py::arg("kernel_size"), py::arg("num_heads"), py::arg("scale") = 1.0, py::arg("need_lse") = true);
+  m.def("backward_packed", &local_attention_backward_packed,
+        "layout-native backward -> [dqkv (B, 3ND, H, W), drel_partial]");
   m.def("isa", &isa, "instruction set the kernels run with ('avx2' or 'baseline')");
   m.def("force_baseline_isa", &force_baseline_isa, "testing: run the baseline-ISA kernels even with AVX2");
 }
