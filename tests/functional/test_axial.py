@@ -69,24 +69,29 @@ def test_matmul_matches_reference_values_and_gradients(batch, heads, length, dim
         torch.testing.assert_close(fast, ref, atol=tol, rtol=tol, msg=name)
 
 
-def test_hooks_see_the_same_parts_in_both_backends():
-    """Normalisation hooks get (B, 3, N, L, L) terms with the in-radius mask and (B, 2, N, L, Dv) parts."""
-    q, k, v, rel = make(2, 2, 6, 3, 4, 2)
-    seen = {}
+@pytest.mark.parametrize("radius", [2, 5])
+def test_hooks_see_the_same_parts_in_both_backends(radius):
+    """Normalisation hooks get three (B, N, L, L) terms with the in-radius mask (None: all in) and two (B, N, L, Dv) parts."""
+    q, k, v, rel = make(2, 2, 6, 3, 4, radius)
+    seen = {"terms": [], "parts": []}
 
     def logit_norm(terms, valid):
-        seen.setdefault("terms", []).append((terms.shape, valid.clone()))
-        return terms * torch.tensor([1.0, -2.0, 0.5], dtype=terms.dtype).view(1, 3, 1, 1, 1)
+        seen["terms"].append(([t.shape for t in terms], valid))
+        return [t * scale for t, scale in zip(terms, (1.0, -2.0, 0.5))]
 
     def output_norm(parts):
-        seen.setdefault("parts", []).append(parts.shape)
-        return parts * torch.tensor([3.0, -1.0], dtype=parts.dtype).view(1, 2, 1, 1, 1)
+        seen["parts"].append([p.shape for p in parts])
+        return [parts[0] * 3.0, parts[1] * -1.0]
 
     outs = [axial_attention1d(q, k, v, **rel, logit_norm=logit_norm, output_norm=output_norm, backend=b) for b in ("reference", "matmul")]
     torch.testing.assert_close(outs[0], outs[1])
-    assert seen["terms"][0][0] == (2, 3, 2, 6, 6) and seen["parts"] == [(2, 2, 2, 6, 4)] * 2
+    assert seen["terms"][0][0] == [(2, 2, 6, 6)] * 3 and seen["parts"] == [[(2, 2, 6, 4)] * 2] * 2
     offsets = torch.arange(6)[None, :] - torch.arange(6)[:, None]
-    assert torch.equal(seen["terms"][0][1], offsets.abs() <= 2)
+    for _, valid in seen["terms"]:
+        if radius >= 5:
+            assert valid is None
+        else:
+            assert torch.equal(valid, offsets.abs() <= radius)
     # scaling the terms really changes the result (the hooks are applied, not ignored)
     assert not torch.allclose(outs[0], axial_attention1d(q, k, v, **rel))
 

@@ -8,24 +8,26 @@ For query position o and every key position p on the same axis with |p − o| �
 The relative tables r^q, r^k (each (2·radius+1, Dq)) and r^v ((2·radius+1, Dv)) are shared by
 all heads; row j holds offset j − radius. Keys outside the axis or beyond the radius are left
 out of the softmax. Two optional hooks let a layer normalise the parts separately, as the paper
-does with batch norm: ``logit_norm(terms, valid)`` receives the three logit terms stacked as
-(B, 3, N, L, L) [q·k, q·r^q, k·r^k] with the (L, L) bool mask of pairs inside the radius and
-returns them normalised; ``output_norm(parts)`` receives (B, 2, N, L, Dv) [Σ softmax·v,
-Σ softmax·r^v] and returns them normalised. The parts are summed after the hooks.
+does with batch norm: ``logit_norm(terms, valid)`` receives the list of the three (B, N, L, L)
+logit terms [q·k, q·r^q, k·r^k] and the (L, L) bool mask of pairs inside the radius (None when
+every pair is) and returns them normalised; ``output_norm(parts)`` receives the list of the two
+(B, N, L, Dv) parts [Σ softmax·v, Σ softmax·r^v] and returns them normalised. The parts are
+summed after the hooks.
 
 Backends: ``reference`` builds the (L, L, D) table of r_(p−o) for every pair and contracts it
-(memory O(L²·D), each line one term of the formula); ``matmul`` contracts q and k with the
-(2·radius+1)-row tables once and moves the results between relative and absolute layouts with
-gathers (memory O(L·(L + radius))). ``auto`` takes ``matmul``.
+with einsum, each line one term of the formula; ``matmul`` contracts q and k with the
+offset tables in (B·N, L, 2L − 1) matmuls and reads the (L, L) layout as a strided view of the
+result (no gather, no copy); ``auto`` takes ``matmul``.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-LogitNorm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-OutputNorm = Callable[[torch.Tensor], torch.Tensor]
+LogitNorm = Callable[[list, "torch.Tensor | None"], list]
+OutputNorm = Callable[[list], list]
 
 __all__ = ["axial_attention1d", "axial_attention1d_reference", "axial_attention1d_macs", "AXIAL_BACKENDS"]
 
@@ -61,15 +63,20 @@ def relative_offsets(length: int, radius: int, device: torch.device) -> tuple[to
     return (offset + radius).clamp(0, 2 * radius), offset.abs() <= radius
 
 
-def _finish(terms, valid, v_mix: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], logit_norm, output_norm):
-    """Shared tail of both backends: normalise and sum the logit terms, softmax, weighted sums, normalise, sum."""
+def _finish(terms, valid, v_mix, logit_norm, output_norm):
+    """Shared tail of both backends: normalise and sum the logit terms, softmax, weighted sums, normalise, sum.
+
+    ``valid`` is None when every pair is in the radius (nothing to mask).
+    """
     if logit_norm is not None:
         terms = logit_norm(terms, valid)
-    weights = terms.sum(dim=1).masked_fill(~valid, float("-inf")).softmax(dim=-1)
-    parts = torch.stack(v_mix(weights), dim=1)
+    logits = terms[0] + terms[1] + terms[2]
+    if valid is not None:
+        logits = logits.masked_fill(~valid, float("-inf"))
+    parts = v_mix(logits.softmax(dim=-1))
     if output_norm is not None:
         parts = output_norm(parts)
-    return parts.sum(dim=1)
+    return parts[0] + parts[1]
 
 
 def axial_attention1d_reference(
@@ -80,34 +87,45 @@ def axial_attention1d_reference(
     _check_args(q, k, v, rel_q, rel_k, rel_v)
     index, valid = relative_offsets(q.shape[-2], rel_q.shape[0] // 2, q.device)
     pair_q, pair_k, pair_v = rel_q[index], rel_k[index], rel_v[index]  # (L query, L key, D): r_(p−o)
-    terms = torch.stack([
+    terms = [
         torch.einsum("bnod,bnpd->bnop", q, k),
         torch.einsum("bnod,opd->bnop", q, pair_q),
         torch.einsum("bnpd,opd->bnop", k, pair_k),
-    ], dim=1)
+    ]
 
     def v_mix(weights):
-        return torch.einsum("bnop,bnpd->bnod", weights, v), torch.einsum("bnop,opd->bnod", weights, pair_v)
+        return [torch.einsum("bnop,bnpd->bnod", weights, v), torch.einsum("bnop,opd->bnod", weights, pair_v)]
 
-    return _finish(terms, valid, v_mix, logit_norm, output_norm)
+    return _finish(terms, None if bool(valid.all()) else valid, v_mix, logit_norm, output_norm)
+
+
+def _skew(relative: torch.Tensor) -> torch.Tensor:
+    """(..., L, 2L − 1) -> (..., L, L) view: out[o, p] = relative[o, p − o + L − 1] (no copy; needs the last two dims contiguous)."""
+    length = relative.shape[-2]
+    strides = relative.stride()
+    return relative.as_strided((*relative.shape[:-1], length), (*strides[:-2], 2 * length - 2, 1), relative.storage_offset() + length - 1)
 
 
 def _axial_matmul(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=None) -> torch.Tensor:
+    """Contract q and k with the offset tables once ((B, N, L, 2L − 1) matmuls), then read the (L, L) layout
+    as a strided view of that result instead of gathering; the r^v sum writes the weights into the offset
+    layout the same way. Offsets beyond the radius get zero rows and are masked out of the softmax."""
     length, radius = q.shape[-2], rel_q.shape[0] // 2
-    index, valid = relative_offsets(length, radius, q.device)
-    batch_shape = (*q.shape[:2], length, length)
-    qr = torch.gather(q @ rel_q.T, -1, index.expand(batch_shape))  # q_o·r_j at j = p − o + radius
-    # k_p·r_j is indexed by key p; index.T[p, o] = p − o + radius, then transpose to [query, key]
-    kr = torch.gather(k @ rel_k.T, -1, index.T.expand(batch_shape)).transpose(-1, -2)
-    terms = torch.stack([q @ k.transpose(-1, -2), qr, kr], dim=1)
-    # relative layout of the weights: w_rel[o, j] = w[o, o + j − radius] where that key exists
-    positions = torch.arange(length, device=q.device)
-    key_of = positions[:, None] + torch.arange(-radius, radius + 1, device=q.device)[None, :]  # (L, 2·radius+1)
-    key_exists = (key_of >= 0) & (key_of < length)
+    reach = length - 1
+    if radius < reach:  # pad the tables to every offset of the axis
+        rel_q, rel_k, rel_v = (F.pad(t, (0, 0, reach - radius, reach - radius)) for t in (rel_q, rel_k, rel_v))
+        valid = relative_offsets(length, radius, q.device)[1]
+    else:
+        valid = None
+    qr = _skew((q @ rel_q.T).contiguous())
+    # k_p·r_(p−o) read with p as the row: with the table reversed, row p holds offset o − p at column o − p + L − 1
+    kr = _skew((k @ rel_k.flip(0).T).contiguous()).transpose(-1, -2)
+    terms = [q @ k.transpose(-1, -2), qr, kr]
 
     def v_mix(weights):
-        gathered = torch.gather(weights, -1, key_of.clamp(0, length - 1).expand(*q.shape[:2], -1, -1))
-        return weights @ v, (gathered * key_exists) @ rel_v
+        by_offset = weights.new_zeros(*weights.shape[:-1], 2 * length - 1)
+        _skew(by_offset).copy_(weights)  # by_offset[o, p − o + L − 1] = w[o, p]
+        return [weights @ v, by_offset @ rel_v]
 
     return _finish(terms, valid, v_mix, logit_norm, output_norm)
 

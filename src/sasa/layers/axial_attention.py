@@ -14,18 +14,35 @@ from sasa.functional.axial import AXIAL_BACKENDS, axial_attention1d, axial_atten
 AXES = ("height", "width")
 
 
-def masked_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``bn`` over (B, C, L, L) with statistics from the entries where ``valid`` (L, L) is True only.
+def _batch_norm_slice(bn: nn.BatchNorm2d, x: torch.Tensor, first: int, valid: torch.Tensor | None) -> torch.Tensor:
+    """Channels ``first .. first + C`` of ``bn`` applied to x (B, C, L, L), with statistics from the entries
+    where ``valid`` (L, L) is True only (all when None).
 
-    Pairs outside a local span take no part in the softmax, so they must not shift the
-    logits' batch statistics either; with every pair valid this is exactly ``bn(x)``.
+    Pairs outside a local span take no part in the softmax, so they must not shift the logits' batch
+    statistics either; those entries come back as 0. The slices are views, so running statistics update in place.
     """
-    if bool(valid.all()):
-        return bn(x)
-    normed = bn(x[..., valid].unsqueeze(-1)).squeeze(-1)  # (B, C, V, 1): BN2d statistics over B·V
-    out = x.new_zeros(x.shape)  # pairs outside the span stay 0; the op masks them out of the softmax
-    out[..., valid] = normed
+    channels = slice(first, first + x.shape[1])
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.momentum is None:
+        raise ValueError("axial attention's logit batch norm needs a fixed momentum, got momentum=None")
+    if bn.training and bn.num_batches_tracked is not None and first == 0:
+        bn.num_batches_tracked.add_(1)
+
+    def run(values: torch.Tensor) -> torch.Tensor:
+        stats = (bn.running_mean[channels], bn.running_var[channels]) if bn.track_running_stats else (None, None)
+        return F.batch_norm(values, *stats, bn.weight[channels], bn.bias[channels], bn.training or not bn.track_running_stats,
+                            momentum, bn.eps)
+
+    if valid is None:
+        return run(x)
+    out = x.new_zeros(x.shape)
+    out[..., valid] = run(x[..., valid])  # (B, C, V): statistics over B·V in-span pairs
     return out
+
+
+def masked_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``bn`` over (B, C, L, L) with statistics from the in-span entries only (see ``_batch_norm_slice``)."""
+    return _batch_norm_slice(bn, x, 0, None if valid is None or bool(valid.all()) else valid)
 
 
 class AxialAttention2d(nn.Module):
@@ -100,15 +117,16 @@ class AxialAttention2d(nn.Module):
             if isinstance(bn, nn.modules.batchnorm._BatchNorm):
                 bn.reset_parameters()
 
-    def _logit_norm(self, terms: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _logit_norm(self, terms: list[torch.Tensor], valid: torch.Tensor | None) -> list[torch.Tensor]:
         if self.bn_logits is None:
-            return terms * self.query_dim**-0.5
-        flat = rearrange(terms, "b t n o p -> b (t n) o p")
-        return rearrange(masked_batch_norm(self.bn_logits, flat, valid), "b (t n) o p -> b t n o p", t=3)
+            return [term * self.query_dim**-0.5 for term in terms]
+        return [
+            _batch_norm_slice(self.bn_logits, term, index * self.num_heads, valid) for index, term in enumerate(terms)
+        ]
 
-    def _output_norm(self, parts: torch.Tensor) -> torch.Tensor:
-        flat = rearrange(parts, "b t n l d -> b (t n d) l")
-        return rearrange(self.bn_output(flat), "b (t n d) l -> b t n l d", t=2, n=self.num_heads)
+    def _output_norm(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        flat = rearrange(torch.stack(parts, dim=1), "b t n l d -> b (t n d) l")
+        return list(rearrange(self.bn_output(flat), "b (t n d) l -> t b n l d", t=2, n=self.num_heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
