@@ -1,8 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
+import sasa
 from sasa.functional import local_attention2d
-from sasa.layers import LocalSelfAttention2d, RelativePositionEmbedding2d
+from sasa.layers import LocalSelfAttention2d, RelativePositionEmbedding2d, sinusoidal_position_2d
 
 
 @pytest.mark.parametrize("stride,size,expected", [(1, 9, 9), (2, 8, 4), (2, 9, 5)])
@@ -42,7 +44,7 @@ def test_relative_embedding_is_row_then_column_concatenation():
 
 def test_positional_variants():
     x = torch.randn(2, 8, 6, 6)
-    for options in ({"positional": "none"}, {"positional": "absolute", "input_size": (6, 6)}, {"content": False}):
+    for options in ({"positional": "none"}, {"positional": "absolute"}, {"content": False}):
         layer = LocalSelfAttention2d(8, 16, kernel_size=3, num_heads=2, **options)
         out = layer(x)
         out.sum().backward()
@@ -67,7 +69,11 @@ def test_content_false_ignores_keys():
         (dict(kernel_size=4), ValueError, "kernel_size must be a positive odd integer, got 4"),
         (dict(stride=3), ValueError, "stride must be 1 or 2, got 3"),
         (dict(positional="sinusoid"), ValueError, "positional must be one of"),
-        (dict(positional="absolute"), ValueError, "needs input_size"),
+        (dict(out_channels=18, num_heads=2, positional="absolute"), ValueError, "divisible by 4"),
+        (dict(num_heads=0), ValueError, "num_heads must be positive, got 0"),
+        (dict(kernel_size=3.0), TypeError, "kernel_size must be an integer, got float"),
+        (dict(backend="fast"), ValueError, "backend must be 'auto' or one of .*got 'fast'"),
+        (dict(content=1), TypeError, "content must be a bool, got 1"),
         (dict(positional="none", content=False), ValueError, "content=False leaves only the q·r logit"),
     ],
 )
@@ -77,14 +83,8 @@ def test_bad_options(kwargs, error, match):
         LocalSelfAttention2d(options.pop("in_channels"), options.pop("out_channels"), **options)
 
 
-def test_absolute_wrong_size():
-    layer = LocalSelfAttention2d(4, 8, num_heads=2, positional="absolute", input_size=(6, 6))
-    with pytest.raises(ValueError, match=r"built for input size \(6, 6\), got \(5, 6\)"):
-        layer(torch.randn(1, 4, 5, 6))
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("options", [{}, {"positional": "none"}, {"content": False}, {"positional": "absolute", "input_size": (7, 5)}])
+@pytest.mark.parametrize("options", [{}, {"positional": "none"}, {"content": False}, {"positional": "absolute"}])
 def test_layer_fast_path_matches_reference_backend(dtype, options):
     """The layout-native kernel call (backend auto) gives the values and gradients of the reference backend."""
     import copy
@@ -101,3 +101,50 @@ def test_layer_fast_path_matches_reference_backend(dtype, options):
     for g, w in zip(torch.autograd.grad(out, [x, *fast.parameters()], grad),
                     torch.autograd.grad(expected, [x, *slow.parameters()], grad)):
         torch.testing.assert_close(g, w, **tol)
+
+
+def test_item13_absolute_positional_is_sinusoidal_at_any_size():
+    """positional="absolute": the 2-D sinusoids of the key pixel's position are added to the keys; no per-pixel table."""
+    torch.manual_seed(0)
+    layer = LocalSelfAttention2d(6, 8, kernel_size=3, num_heads=2, positional="absolute").double()
+    assert not any("pos" in name for name, _ in layer.named_parameters())
+    for height, width in ((5, 4), (9, 11)):
+        x = torch.randn(1, 6, height, width, dtype=torch.float64)
+        q, k, v = layer.qkv(x).chunk(3, dim=1)
+        k = k + sinusoidal_position_2d(8, height, width, dtype=torch.float64)
+        heads = lambda t: t.view(1, 2, 4, height, width).permute(0, 1, 3, 4, 2)  # noqa: E731
+        out = local_attention2d(heads(q) / 2.0, heads(k), heads(v), kernel_size=3, backend="reference")
+        torch.testing.assert_close(layer(x), out.permute(0, 1, 4, 2, 3).reshape(1, 8, height, width))
+
+
+def test_sinusoidal_position_2d_rows_then_columns():
+    enc = sinusoidal_position_2d(8, 3, 5)  # rows in channels 0..3, columns in 4..7; 2 frequencies each
+    assert enc.shape == (8, 3, 5)
+    torch.testing.assert_close(enc[0], torch.arange(3.0)[:, None].sin().expand(3, 5))
+    torch.testing.assert_close(enc[2], torch.arange(3.0)[:, None].cos().expand(3, 5))
+    torch.testing.assert_close(enc[5], (torch.arange(5.0) * 0.01).sin()[None, :].expand(3, 5))
+    with pytest.raises(ValueError, match=r"multiple of 4 .*got 6"):
+        sinusoidal_position_2d(6, 2, 2)
+
+
+def test_reset_parameters_owns_the_init():
+    """A layer built alone is initialised as one built inside a model or a detector (fan-in q/k/v projections)."""
+    alone = LocalSelfAttention2d(256, 256)
+    inside = sasa.create_model("sa_resnet50_convstem").layer3[0].conv2
+    for layer in (alone, inside):
+        assert layer.qkv.weight.std().item() == pytest.approx(256**-0.5, rel=0.05)
+    torch.manual_seed(3)
+    alone.reset_parameters()
+    first = [p.clone() for p in alone.parameters()]
+    torch.manual_seed(3)
+    alone.reset_parameters()
+    for before, after in zip(first, alone.parameters()):
+        torch.testing.assert_close(before, after)
+
+
+def test_item33_kernel_size_any_integral():
+    layer = LocalSelfAttention2d(8, 16, kernel_size=np.int64(5), num_heads=np.int32(2))
+    assert type(layer.kernel_size) is int and layer.kernel_size == 5 and layer.num_heads == 2
+    assert layer(torch.randn(1, 8, 6, 6)).shape == (1, 16, 6, 6)
+    out = local_attention2d(*(torch.randn(1, 1, 4, 4, 2) for _ in range(3)), kernel_size=np.int64(3))
+    assert out.shape == (1, 1, 4, 4, 2)

@@ -73,6 +73,14 @@ def test_timm_registration():
         timm.create_model("sa_resnet26", pretrained=True)
 
 
+def test_all_nine_paper_models_in_timm_as_sasa_prefixed_names():
+    assert timm.list_models("sasa_*") == sorted("sasa_" + name for name in TABLE_1)
+    ours = timm.create_model("sasa_resnet26", num_classes=10)
+    assert isinstance(ours, sasa.models.ResNet) and ours.config.layers == (1, 2, 4, 1)
+    theirs = timm.create_model("resnet26", num_classes=10)  # timm's own (2, 2, 2, 2) ResNet-26 stays timm's
+    assert not isinstance(theirs, sasa.models.ResNet) and len(theirs.layer1) == 2
+
+
 def test_unknown_model_suggests_close_names():
     with pytest.raises(ValueError, match="unknown model .sa_resnet25.; did you mean .*sa_resnet26"):
         sasa.create_model("sa_resnet25")

@@ -1,32 +1,45 @@
 """The one config that separates the RetinaNet variants (paper §4.2, SPEC §6).
 
 A detector is a registered ResNet backbone (any of ``sasa.list_models()``) + FPN + RetinaNet
-heads. ``head="attention"`` replaces the spatial convolutions of the FPN and of the heads
-with LocalSelfAttention2d; see :mod:`sasa.detection.model` for exactly which ones.
+heads. ``head`` names the spatial mixer (``sasa.layers.spatial``) that replaces the spatial
+convolutions of the FPN and of the heads; see :mod:`sasa.detection.model` for exactly which ones.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-HEAD_MIXERS = ("conv", "attention")
+from sasa.functional._checks import check_integer
+from sasa.layers import SPATIAL_MIXERS, AttentionConfig, get_spatial_mixer
+from sasa.models import list_models
+
 HEAD_NORMS = ("group", "none")
+
+
+def norm_groups(channels: int) -> int:
+    """32 groups as in torchvision's RetinaNet v2; narrow heads keep 2 channels per group, so that a
+    1×1 P7 map of a single image still normalises over more than one value."""
+    return 32 if channels >= 64 else max(1, channels // 2)
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Everything a RetinaNet variant is made of; variants differ only in these values."""
+    """Everything a RetinaNet variant is made of; variants differ only in these values.
+
+    Checked at construction: a bad value raises a ValueError/TypeError naming the field.
+    """
 
     backbone: str = "resnet50"  # any registered classification model
-    head: str = "conv"  # spatial mixer of the FPN output convs and the 4+4 head convs: "conv" or "attention"
+    head: str = "conv"  # spatial mixer of the FPN output convs and the 4+4 head convs ("conv", "attention", ...)
+    # options of every local-attention layer of the detector: the heads' (when head uses them) and the
+    # backbone's (when its spatial mixer takes the same options type); None: defaults; a dict is converted
+    attention: Any = None
     fpn_channels: int = 256
-    # head="attention" only: each attention layer of the FPN and heads adds its input, x + attn(x)
+    # attention heads only: each attention layer of the FPN and heads adds its input, x + attn(x)
     # (before the head's GroupNorm + ReLU), so that 4 stacked head layers start near the
     # identity instead of 4 near-uniform 7×7 averages; False: the paper's plain replacement
     head_residual: bool = True
     head_norm: str = "group"  # GroupNorm(32) after each head conv (torchvision's RetinaNet v2); "none": v1
-    kernel_size: int = 7  # attention window, backbone and heads
-    num_heads: int = 8
-    backend: str = "auto"  # local_attention2d backend
     # GeneralizedRCNNTransform resizes so the short side is min_size, the long side at most max_size.
     # 640: the paper trained RetinaNet on crops with a max dimension of 640 (§4.2).
     min_size: int = 640
@@ -38,6 +51,41 @@ class DetectorConfig:
     nms_thresh: float = 0.5
     detections_per_img: int = 100
 
+    def __post_init__(self) -> None:
+        if self.backbone not in list_models():
+            raise ValueError(f"backbone must be one of {list_models()}, got {self.backbone!r}")
+        if self.head not in SPATIAL_MIXERS:
+            raise ValueError(f"head must be one of {sorted(SPATIAL_MIXERS)}, got {self.head!r}")
+        mixer = get_spatial_mixer(self.head)
+        options_type = mixer.config_type or AttentionConfig
+        attention = self.attention
+        if attention is None:
+            attention = options_type()
+        elif isinstance(attention, dict):
+            attention = options_type(**attention)
+        elif not isinstance(attention, options_type):
+            raise TypeError(f"attention must be a {options_type.__name__} for head {self.head!r}, got {type(attention).__name__}")
+        object.__setattr__(self, "attention", attention)
+        for name in ("fpn_channels", "min_size", "max_size", "anchor_size", "detections_per_img"):
+            value = check_integer(name, getattr(self, name))
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+            object.__setattr__(self, name, value)
+        if self.head_norm not in HEAD_NORMS:
+            raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {self.head_norm!r}")
+        if self.max_size < self.min_size:
+            raise ValueError(f"need min_size <= max_size, got min_size={self.min_size}, max_size={self.max_size}")
+        if self.fpn_channels < 2 or (self.head_norm == "group" and self.fpn_channels % norm_groups(self.fpn_channels)):
+            raise ValueError(
+                f"fpn_channels must be even, and a multiple of 32 from 64 on (GroupNorm groups), got {self.fpn_channels}"
+            )
+        if mixer.config_type is not None and hasattr(attention, "check_channels"):
+            attention.check_channels(self.fpn_channels)
+        for name in ("score_thresh", "nms_thresh"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not isinstance(self.head_residual, bool):
+            raise TypeError(f"head_residual must be a bool, got {self.head_residual!r}")
 
 
 def _detector_configs() -> dict[str, DetectorConfig]:

@@ -5,17 +5,16 @@ torchvision's (``torchvision.models.detection.RetinaNet``); this module only cho
 backbone and which spatial layers of the FPN and the heads are attention.
 
 ``head="attention"`` (paper §4.2: spatial convolutions of the FPN and of the detection heads
-replaced by self-attention) replaces, with LocalSelfAttention2d (k=7, 8 heads, 256 → 256):
+replaced by self-attention) replaces, with the head mixer (LocalSelfAttention2d, 256 → 256, options from
+``DetectorConfig.attention``):
   * the 3×3 output convs of the FPN at P3, P4 and P5 (``backbone.fpn.layer_blocks[i][0]``),
   * the four 3×3 convs of the classification subnet and the four of the box subnet
     (``head.{classification,regression}_head.conv[i][0]``), each still followed by
     GroupNorm + ReLU as in torchvision's RetinaNet v2 head.
 With ``head_residual=True`` (the default) each of these 11 attention layers is wrapped as
 ``x + attn(x)`` (:class:`ResidualAttention`; no parameters, no counted FLOPs): a documented
-departure from the paper's plain replacement: on shapes the plain one plateaus (loss ~1.16, AP50
-~0.01 after 4 epochs); with the identity path the loss keeps falling (1.05, AP50 0.07 after 4 of 12
-epochs), though still well behind the conv-head sa_resnet26 (AP50 0.24 at that point).
-``head_residual=False`` gives the plain replacement.
+departure from the paper's plain replacement, which trains far more slowly on the shapes set
+(README, detection section). ``head_residual=False`` gives the plain replacement.
 It keeps as convolutions, by decision:
   * the final 3×3 prediction convs (``cls_logits``, ``bbox_reg``): they are the linear read-out of
     the 9 anchors × classes, initialised with the focal-loss prior (bias −log((1−π)/π)); attention
@@ -37,12 +36,13 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from sasa.detection.config import DETECTOR_CONFIGS, HEAD_MIXERS, HEAD_NORMS, DetectorConfig
+from sasa.detection.config import DETECTOR_CONFIGS, DetectorConfig, norm_groups
 from sasa.detection.resize import ClampedResizeTransform
-from sasa.layers import LocalSelfAttention2d
+from sasa.layers import create_spatial_mixer
 from sasa.models import create_model
+from sasa.models.registry import resolve_config
 from sasa.profile import count_flops, count_params
-from sasa.registry import resolve, unknown_name_error
+from sasa.registry import resolve
 
 ANCHOR_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -53,26 +53,9 @@ def list_detectors() -> list[str]:
     return sorted(DETECTOR_CONFIGS)
 
 
-def unknown_detector_error(name: str) -> ValueError:
-    return unknown_name_error("detector", name, list_detectors())
-
-
 def resolve_detector_config(name: str, **overrides) -> DetectorConfig:
     """The registered config of ``name`` with ``overrides`` (None values dropped) applied and checked."""
-    config = resolve("detector", DETECTOR_CONFIGS, name, overrides)
-    if config.head not in HEAD_MIXERS:
-        raise ValueError(f"head must be one of {HEAD_MIXERS}, got {config.head!r}")
-    if config.head_norm not in HEAD_NORMS:
-        raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {config.head_norm!r}")
-    if config.min_size <= 0 or config.max_size < config.min_size:
-        raise ValueError(f"need 0 < min_size <= max_size, got min_size={config.min_size}, max_size={config.max_size}")
-    if config.fpn_channels < 2 or (config.head_norm == "group" and config.fpn_channels % _norm_groups(config.fpn_channels)):
-        raise ValueError(
-            f"fpn_channels must be even, and a multiple of 32 from 64 on (GroupNorm groups), got {config.fpn_channels}"
-        )
-    if config.anchor_size <= 0:
-        raise ValueError(f"anchor_size must be positive, got {config.anchor_size}")
-    return config
+    return resolve("detector", DETECTOR_CONFIGS, name, overrides)  # DetectorConfig checks itself
 
 
 def build_anchor_generator(anchor_size: int) -> AnchorGenerator:
@@ -85,10 +68,9 @@ def build_anchor_generator(anchor_size: int) -> AnchorGenerator:
 
 def build_backbone_with_fpn(config: DetectorConfig) -> BackboneWithFPN:
     """C3, C4, C5 of the ResNet (``layer2..layer4``) -> FPN P3..P5, plus P6, P7 from P5."""
-    resnet = create_model(
-        config.backbone, num_classes=0, kernel_size=config.kernel_size, num_heads=config.num_heads,
-        backend=config.backend,
-    )
+    # the detector's attention options apply to the backbone too when its mixer takes the same options type
+    shared = type(resolve_config(config.backbone).attention) is type(config.attention)
+    resnet = create_model(config.backbone, num_classes=0, attention=config.attention if shared else None)
     channels = [width * resnet.config.expansion for width in resnet.config.widths[1:]]
     return BackboneWithFPN(
         resnet,
@@ -99,24 +81,15 @@ def build_backbone_with_fpn(config: DetectorConfig) -> BackboneWithFPN:
     )
 
 
-def _attention(channels: int, config: DetectorConfig) -> LocalSelfAttention2d:
-    layer = LocalSelfAttention2d(
-        channels, channels, kernel_size=config.kernel_size, num_heads=config.num_heads, backend=config.backend
-    )
-    # fan-in init keeps the q·k logits O(1) at the start (as in the backbone)
-    nn.init.kaiming_normal_(layer.qkv.weight, mode="fan_in", nonlinearity="linear")
-    return layer
-
-
 class ResidualAttention(nn.Module):
     """``x + attention(x)``: the attention layer of an FPN output or head block with an identity path.
 
     At init the 7×7 attention is near-uniform (a blur); without the identity, the 4 stacked head
-    layers blur P3..P7 beyond what the 3×3 read-out can localise, and training stalls (shapes:
-    loss plateau ~1.16, AP50 ~0.01 without). The addition has no parameters and no counted FLOPs.
+    layers blur P3..P7 beyond what the 3×3 read-out can localise, and training stalls on the shapes
+    set (README). The addition has no parameters and no counted FLOPs.
     """
 
-    def __init__(self, attention: LocalSelfAttention2d) -> None:
+    def __init__(self, attention: nn.Module) -> None:
         super().__init__()
         self.attention = attention
 
@@ -124,29 +97,23 @@ class ResidualAttention(nn.Module):
         return x + self.attention(x)
 
 
-def _head_attention(config: DetectorConfig) -> nn.Module:
-    layer = _attention(config.fpn_channels, config)
+def _head_mixer(config: DetectorConfig) -> nn.Module:
+    layer = create_spatial_mixer(config.head, config.fpn_channels, config.fpn_channels, config=config.attention)
     return ResidualAttention(layer) if config.head_residual else layer
 
 
-def attention_heads_(backbone: BackboneWithFPN, head: RetinaNetHead, config: DetectorConfig) -> None:
-    """In place: the FPN's 3×3 output convs and the 4+4 head convs become local self-attention
-    (each wrapped as ``x + attn(x)`` when ``config.head_residual``)."""
+def replace_head_mixers_(backbone: BackboneWithFPN, head: RetinaNetHead, config: DetectorConfig) -> None:
+    """In place: the FPN's 3×3 output convs and the 4+4 head convs become the ``config.head`` mixer
+    (each wrapped as ``x + mixer(x)`` when ``config.head_residual``)."""
     for block in backbone.fpn.layer_blocks:
-        block[0] = _head_attention(config)
+        block[0] = _head_mixer(config)
     for subnet in (head.classification_head, head.regression_head):
         for block in subnet.conv:
-            block[0] = _head_attention(config)
-
-
-def _norm_groups(channels: int) -> int:
-    """32 groups as in torchvision's RetinaNet v2; narrow heads keep 2 channels per group, so that a
-    1×1 P7 map of a single image still normalises over more than one value."""
-    return 32 if channels >= 64 else max(1, channels // 2)
+            block[0] = _head_mixer(config)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(_norm_groups(channels), channels)
+    return nn.GroupNorm(norm_groups(channels), channels)
 
 
 def build_detector(config: DetectorConfig, *, num_classes: int) -> RetinaNet:
@@ -158,8 +125,8 @@ def build_detector(config: DetectorConfig, *, num_classes: int) -> RetinaNet:
     head = RetinaNetHead(
         config.fpn_channels, anchor_generator.num_anchors_per_location()[0], num_classes, norm_layer=norm_layer
     )
-    if config.head == "attention":
-        attention_heads_(backbone, head, config)
+    if config.head != "conv":
+        replace_head_mixers_(backbone, head, config)
     detector = RetinaNet(
         backbone,
         num_classes,

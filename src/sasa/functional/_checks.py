@@ -4,6 +4,8 @@ Every error names the argument, the value received and what was expected.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -21,10 +23,19 @@ def _check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
+def check_integer(name: str, value: object) -> int:
+    """``value`` as a Python int if it is integral (int, numpy integer, 0-d integer tensor), else raise."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an integer, got {type(value).__name__} ({value!r})")
+
+
 def check_kernel_size(kernel_size: object) -> int:
-    """Return ``kernel_size`` if it is a positive odd int, else raise."""
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
-        raise TypeError(f"kernel_size must be an int, got {type(kernel_size).__name__} ({kernel_size!r})")
+    """``kernel_size`` as a Python int if it is a positive odd integer, else raise."""
+    kernel_size = check_integer("kernel_size", kernel_size)
     if kernel_size <= 0 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
     return kernel_size

@@ -40,6 +40,13 @@ def available_backends() -> list[str]:
     return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: b.priority)]
 
 
+def check_backend_name(backend: object) -> str:
+    """``backend`` if it is ``"auto"`` or a registered backend's name, else a ValueError naming it."""
+    if backend != "auto" and backend not in _BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {available_backends()}, got {backend!r}")
+    return backend
+
+
 def explain_backend(q, k, v, *, kernel_size: int, rel_pos=None) -> list[tuple[str, str | None]]:
     """For each backend (fastest first): (name, reason it was rejected or None if runnable)."""
     return [(name, _BACKENDS[name].why_not(q, k, v, kernel_size, rel_pos)) for name in available_backends()]
@@ -51,9 +58,7 @@ def _log_enabled() -> bool:
 
 def select_backend(q, k, v, *, kernel_size: int, rel_pos, backend: str) -> Backend:
     """Return the backend to run: the named one (checked), or the first runnable under ``"auto"``."""
-    if backend != "auto":
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be 'auto' or one of {available_backends()}, got {backend!r}")
+    if check_backend_name(backend) != "auto":
         chosen = _BACKENDS[backend]
         reason = chosen.why_not(q, k, v, kernel_size, rel_pos)
         if reason is not None:

@@ -1,16 +1,64 @@
-"""The stand-alone local self-attention layer (paper §2, SPEC §2)."""
+"""The stand-alone local self-attention layer and its options (paper §2; contract: docs/layer.md)."""
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sasa.functional import local_attention2d_packed
-from sasa.functional._checks import check_kernel_size
+from sasa.functional._checks import check_integer, check_kernel_size
+from sasa.functional.dispatch import check_backend_name
 from sasa.functional.flops import local_attention2d_macs
+from sasa.layers.absolute_position import sinusoidal_position_2d
 from sasa.layers.relative_position import RelativePositionEmbedding2d
 
 POSITIONAL_CHOICES = ("relative", "absolute", "none")
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Every option of a local self-attention layer except its widths and stride; checked at construction.
+
+    ``positional``: "relative" (row/column offset embeddings, logit q·(k + r)), "absolute" (2-D sinusoids
+    of the key pixel's position added to the keys) or "none". ``content=False`` drops q·k (keys are zero),
+    leaving the q·r logit, so it needs "relative". ``backend``: "auto" or a registered op backend.
+    """
+
+    kernel_size: int = 7
+    num_heads: int = 8
+    positional: str = "relative"
+    content: bool = True
+    qkv_bias: bool = False
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kernel_size", check_kernel_size(self.kernel_size))
+        heads = check_integer("num_heads", self.num_heads)
+        if heads <= 0:
+            raise ValueError(f"num_heads must be positive, got {heads}")
+        object.__setattr__(self, "num_heads", heads)
+        if self.positional not in POSITIONAL_CHOICES:
+            raise ValueError(f"positional must be one of {POSITIONAL_CHOICES}, got {self.positional!r}")
+        for name in ("content", "qkv_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not self.content and self.positional != "relative":
+            raise ValueError(
+                f"content=False leaves only the q·r logit, which needs positional='relative', got {self.positional!r}"
+            )
+        check_backend_name(self.backend)
+
+    def check_channels(self, channels: int) -> None:
+        """Refuse a layer width these options cannot split (ValueError naming both)."""
+        if channels % self.num_heads:
+            raise ValueError(f"out_channels ({channels}) must be divisible by num_heads ({self.num_heads})")
+        if channels % 2:
+            raise ValueError(f"out_channels must be even (row and column embeddings take half each), got {channels}")
+        if self.positional == "absolute" and channels % 4:
+            raise ValueError(f"positional='absolute' needs out_channels divisible by 4 (sin/cos of rows and columns), got {channels}")
 
 
 class LocalSelfAttention2d(nn.Module):
@@ -31,45 +79,46 @@ class LocalSelfAttention2d(nn.Module):
         positional: str = "relative",
         content: bool = True,
         qkv_bias: bool = False,
-        input_size: tuple[int, int] | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        check_kernel_size(kernel_size)
-        if num_heads <= 0 or out_channels % num_heads:
-            raise ValueError(f"out_channels ({out_channels}) must be divisible by num_heads ({num_heads})")
-        if out_channels % 2:
-            raise ValueError(f"out_channels must be even (row and column embeddings take half each), got {out_channels}")
+        config = AttentionConfig(
+            kernel_size=kernel_size, num_heads=num_heads, positional=positional, content=content,
+            qkv_bias=qkv_bias, backend=backend,
+        )
+        config.check_channels(out_channels)
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
-        if positional not in POSITIONAL_CHOICES:
-            raise ValueError(f"positional must be one of {POSITIONAL_CHOICES}, got {positional!r}")
-        if not content and positional != "relative":
-            raise ValueError(f"content=False leaves only the q·r logit, which needs positional='relative', got {positional!r}")
-        if positional == "absolute" and input_size is None:
-            raise ValueError("positional='absolute' needs input_size=(H, W): the embedding is learned per pixel")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.num_heads, self.stride = kernel_size, num_heads, stride
-        self.positional, self.content, self.backend = positional, content, backend
-        self.head_dim = out_channels // num_heads
+        self.config = config
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.kernel_size, self.num_heads = config.kernel_size, config.num_heads
+        self.positional, self.content, self.backend = config.positional, config.content, config.backend
+        self.head_dim = out_channels // config.num_heads
         self.qkv = nn.Conv2d(in_channels, 3 * out_channels, 1, bias=qkv_bias)
-        self.rel_pos = RelativePositionEmbedding2d(out_channels, kernel_size) if positional == "relative" else None
-        self.abs_pos = (
-            nn.Parameter(torch.randn(out_channels, *input_size) * 0.02) if positional == "absolute" else None
-        )
+        self.rel_pos = RelativePositionEmbedding2d(out_channels, config.kernel_size) if positional == "relative" else None
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, in_channels: int, out_channels: int, *, stride: int = 1, config: AttentionConfig) -> "LocalSelfAttention2d":
+        """The spatial-mixer entry point (``sasa.layers.spatial``): widths and stride plus the options object."""
+        return cls(in_channels, out_channels, stride=stride, **dataclasses.asdict(config))
+
+    def reset_parameters(self) -> None:
+        # fan-in init keeps the q·k logits O(1) at the start; a conv's fan_out init would make them large
+        nn.init.kaiming_normal_(self.qkv.weight, mode="fan_in", nonlinearity="linear")
+        if self.qkv.bias is not None:
+            nn.init.zeros_(self.qkv.bias)
+        if self.rel_pos is not None:
+            self.rel_pos.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
         q, k, v = qkv.chunk(3, dim=1)
-        if self.abs_pos is not None:
-            if tuple(x.shape[-2:]) != tuple(self.abs_pos.shape[-2:]):
-                raise ValueError(
-                    f"positional='absolute' was built for input size {tuple(self.abs_pos.shape[-2:])}, got {tuple(x.shape[-2:])}"
-                )
-            k = k + self.abs_pos
+        if self.positional == "absolute":
+            k = k + sinusoidal_position_2d(self.out_channels, *x.shape[-2:], device=x.device, dtype=k.dtype)
         if not self.content:
             k = torch.zeros_like(k)
-        if self.abs_pos is not None or not self.content:
+        if self.positional == "absolute" or not self.content:
             qkv = torch.cat([q, k, v], dim=1)
         rel_pos = self.rel_pos(self.num_heads) if self.rel_pos is not None else None
         # the layout-native entry: the kernel reads the projection in place and writes (B, C, H, W)
@@ -82,7 +131,7 @@ class LocalSelfAttention2d(nn.Module):
         return out
 
     def extra_macs(self, input_shape: torch.Size) -> int:
-        """Multiply-adds of the attention itself (the 1×1 projections are counted as convs)."""
+        """Multiply-adds of the attention itself (the 1×1 projections are counted as convs; docs/flops.md)."""
         b, _, h, w = input_shape
         return local_attention2d_macs(
             batch=b, heads=self.num_heads, height=h, width=w, dim=self.head_dim, value_dim=self.head_dim,

@@ -17,9 +17,14 @@ class RelativePositionEmbedding2d(nn.Module):
         super().__init__()
         if channels % 2:
             raise ValueError(f"channels must be even to split into row and column halves, got {channels}")
-        self.kernel_size = kernel_size
-        self.row = nn.Parameter(torch.randn(kernel_size, channels // 2) * init_std)
-        self.col = nn.Parameter(torch.randn(kernel_size, channels // 2) * init_std)
+        self.kernel_size, self.init_std = kernel_size, init_std
+        self.row = nn.Parameter(torch.empty(kernel_size, channels // 2))
+        self.col = nn.Parameter(torch.empty(kernel_size, channels // 2))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.row, std=self.init_std)
+        nn.init.normal_(self.col, std=self.init_std)
 
     def forward(self, num_heads: int) -> torch.Tensor:
         k = self.kernel_size

@@ -8,8 +8,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sasa.layers import AttentionStem, LocalSelfAttention2d, create_spatial_mixer
+from sasa.layers import AttentionStem, create_spatial_mixer
 from sasa.models.config import ResNetConfig
+
+
+def init_conv_bn_(module: nn.Module) -> None:
+    """torchvision's init (conv: kaiming fan_out; BN: 1, 0) for the convs and BNs of ``module``, except inside
+    layers that own their initialisation (a ``reset_parameters`` of their own, e.g. attention mixers)."""
+    for child in module.children():
+        if isinstance(child, nn.Conv2d):
+            nn.init.kaiming_normal_(child.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(child, nn.BatchNorm2d):
+            nn.init.ones_(child.weight)
+            nn.init.zeros_(child.bias)
+        elif not hasattr(child, "reset_parameters"):
+            init_conv_bn_(child)
 
 
 class Bottleneck(nn.Module):
@@ -20,12 +33,7 @@ class Bottleneck(nn.Module):
         out_channels = width * config.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        attention_options = (
-            dict(kernel_size=config.kernel_size, num_heads=config.num_heads, positional=config.positional,
-                 content=config.content, backend=config.backend)
-            if config.spatial == "attention" else {}
-        )
-        self.conv2 = create_spatial_mixer(config.spatial, width, width, stride=stride, **attention_options)
+        self.conv2 = create_spatial_mixer(config.spatial, width, width, stride=stride, config=config.attention)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -52,19 +60,17 @@ class ResNet(nn.Module):
         if num_classes < 0 or in_chans <= 0:
             raise ValueError(f"num_classes must be >= 0 and in_chans > 0, got {num_classes} and {in_chans}")
         self.config = config
-        self.num_classes = num_classes
+        self.num_classes, self.in_chans = num_classes, in_chans
         if config.stem == "conv":
             self.conv1 = nn.Conv2d(in_chans, config.stem_channels, 7, stride=2, padding=3, bias=False)
             self.bn1 = nn.BatchNorm2d(config.stem_channels)
             self.relu = nn.ReLU(inplace=True)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        elif config.stem == "attention":
+        else:
             self.stem = AttentionStem(
                 in_chans, config.stem_channels, num_heads=config.stem_heads,
                 num_value_mixtures=config.stem_value_mixtures,
             )
-        else:
-            raise ValueError(f"stem must be 'conv' or 'attention', got {config.stem!r}")
         channels = config.stem_channels
         for index, (blocks, width) in enumerate(zip(config.layers, config.widths)):
             stride = 1 if index == 0 else 2
@@ -80,20 +86,11 @@ class ResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_bn_(self)
         if self.config.zero_init_residual:
             for module in self.modules():
                 if isinstance(module, Bottleneck):
                     nn.init.zeros_(module.bn3.weight)
-        for module in self.modules():
-            if isinstance(module, LocalSelfAttention2d):
-                # fan-in init keeps q·k logits O(1) at the start; fan_out would make them large
-                nn.init.kaiming_normal_(module.qkv.weight, mode="fan_in", nonlinearity="linear")
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.stem == "attention":
