@@ -60,7 +60,7 @@ def test_attention_options_are_one_object_set_whole_or_flat():
 @pytest.mark.parametrize(
     "overrides,error,match",
     [
-        (dict(backbone="resnet51"), ValueError, "backbone must be one of .*got 'resnet51'"),
+        (dict(backbone="resnet51"), ValueError, "backbone: unknown model 'resnet51'; did you mean"),
         (dict(head="attn"), ValueError, "head must be one of .*got 'attn'"),
         (dict(head_norm="batch"), ValueError, "head_norm must be one of"),
         (dict(min_size=0), ValueError, "min_size must be positive, got 0"),

@@ -12,6 +12,7 @@ from typing import Any
 from sasa.functional._checks import check_integer
 from sasa.layers import SPATIAL_MIXERS, AttentionConfig, get_spatial_mixer
 from sasa.models import list_models
+from sasa.registry import unknown_name_error
 
 HEAD_NORMS = ("group", "none")
 
@@ -53,7 +54,7 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in list_models():
-            raise ValueError(f"backbone must be one of {list_models()}, got {self.backbone!r}")
+            raise ValueError(f"backbone: {unknown_name_error('model', self.backbone, list_models())}")
         if self.head not in SPATIAL_MIXERS:
             raise ValueError(f"head must be one of {sorted(SPATIAL_MIXERS)}, got {self.head!r}")
         mixer = get_spatial_mixer(self.head)
