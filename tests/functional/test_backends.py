@@ -2,8 +2,8 @@
 
 The fused CPU kernel is JIT-compiled on first use (~30-60 s once per machine; cached in
 ~/.cache/sasa/torch_extensions). Tolerances: float64 1e-10 (values) / 1e-9 (grads);
-float32 1e-4 absolute+relative; bfloat16 inputs are computed in float32 by cpu_fused and
-by the reference in bfloat16, so they are compared against the float32 reference of the
+float32 1e-4 absolute+relative; bfloat16 inputs are computed in float32 by every backend
+(the reference included), so they are compared against the float32 reference of the
 same bfloat16 inputs with atol = rtol = 3e-2 (bfloat16 has 8 bits of mantissa).
 """
 from __future__ import annotations
@@ -191,10 +191,41 @@ def _small(dtype=torch.float32):
 
 
 def test_all_backends_registered():
-    names = SF.available_backends()
+    names = SF.registered_backends()
     for name in ("flex", "cpu_fused", "chunked", "reference"):
         assert name in names
     assert names.index("cpu_fused") < names.index("chunked") < names.index("reference")
+
+
+def test_item33_available_backends_lists_only_what_runs_here(monkeypatch):
+    """On a machine without CUDA, flex is registered but not listed as available, and backend_status says why."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert SF.available_backends() == ["cpu_fused", "chunked", "reference"]
+    status = SF.backend_status()
+    assert "flex" in status and status["flex"] == "needs a CUDA device; this machine has cpu"
+    assert status["reference"] is None
+
+
+ALL_BACKENDS = ["reference", *CPU_BACKENDS]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_item1_large_logits_finite_and_equal_to_float64(backend, dtype):
+    """Logits of magnitude ~1e4 accumulate in float32 in every backend: finite, equal to the float64 reference."""
+    _require(backend)
+    gen = torch.Generator().manual_seed(5)
+    shape = (2, 2, 6, 7, 4)
+    q, k, v = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale for scale in (60.0, 60.0, 1.0))
+    rel = torch.randn(2, 5, 5, 4, generator=gen, dtype=torch.float64) * 60.0
+    q, k, v, rel = (t.to(dtype) for t in (q, k, v, rel))
+    logits = torch.einsum("bnhwd,bnhwd->bnhw", q.double(), k.double())
+    assert logits.abs().max() > 1e4
+    out = _run(backend, q, k, v, rel, 5)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    expected = local_attention2d_reference(q.double(), k.double(), v.double(), kernel_size=5, rel_pos=rel.double())
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.double(), expected, **tol)
 
 
 def test_auto_picks_cpu_fused_on_cpu():

@@ -83,10 +83,21 @@ def test_device_mismatch():
         local_attention2d(q, k.to("meta"), v, kernel_size=3)
 
 
-def test_empty_dimension():
-    q, k, v = _inputs(shape=(0, 2, 5, 5, 4))
-    with pytest.raises(ValueError, match="no empty dimension"):
+def test_empty_heads_or_channels():
+    q, k, v = _inputs(shape=(1, 0, 5, 5, 4))
+    with pytest.raises(ValueError, match="at least one head and channel"):
         local_attention2d(q, k, v, kernel_size=3)
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 5, 5, 4), (2, 2, 0, 5, 4), (2, 2, 5, 0, 4)])
+@pytest.mark.parametrize("backend", ["auto", "reference", "chunked", "cpu_fused"])
+def test_item33_empty_batch_or_image_gives_empty_output(shape, backend):
+    q, k, v = (t.requires_grad_(True) for t in _inputs(shape=shape))
+    rel_pos = torch.randn(3, 3, 4, requires_grad=True)
+    out = local_attention2d(q, k, v, kernel_size=3, rel_pos=rel_pos, backend=backend)
+    assert out.shape == shape
+    out.sum().backward()
+    assert q.grad.shape == shape and rel_pos.grad.abs().sum() == 0
 
 
 def test_unknown_backend():

@@ -89,3 +89,27 @@ def test_unknown_model_suggests_close_names():
 def test_unknown_override():
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['kernel'\]"):
         sasa.create_model("sa_resnet26", kernel=5)
+
+
+def test_item1_bf16_autocast_forward_backward_sa_resnet26():
+    model = sasa.create_model("sa_resnet26", num_classes=4, zero_init_residual=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    loss = torch.nn.functional.cross_entropy(out.float(), torch.tensor([0, 3]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        half = model(x)
+    with torch.no_grad():
+        full = model(x)
+    torch.testing.assert_close(half.float(), full, atol=0.1 * full.abs().max().item(), rtol=0.05)
+
+
+def test_item33_empty_batch_gives_empty_output():
+    for name in ("resnet26", "sa_resnet26_convstem", "sa_resnet26"):
+        model = sasa.create_model(name, num_classes=3).eval()
+        assert model(torch.randn(0, 3, 32, 32)).shape == (0, 3), name

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sasa import env
+
 CLASSES = ("circle", "square", "triangle")
 SPLITS = ("train", "val")
 MAX_OVERLAP_IOU = 0.3
@@ -116,7 +118,7 @@ def generate_shapes(
 
 def shapes_cache_dir(*, num_train: int, num_val: int, img_size: int, seed: int, max_objects: int = 4) -> Path:
     """Where ``--data shapes`` keeps a generated set: $SASA_CACHE (default ~/.cache/sasa)/detection/shapes-…"""
-    root = Path(os.environ.get("SASA_CACHE", Path.home() / ".cache" / "sasa"))
+    root = env.cache_dir()
     return root / "detection" / f"shapes-train{num_train}-val{num_val}-{img_size}px-max{max_objects}-seed{seed}"
 
 

@@ -1,16 +1,20 @@
-"""The local self-attention op: one public function, several exact backends."""
+"""The local self-attention op: one public function, several exact backends (contract: docs/op.md)."""
 from __future__ import annotations
 
 import torch
 
 from sasa.functional import backends as _backends  # noqa: F401  (registers the backends)
-from sasa.functional._checks import check_local_attention_args
-from sasa.functional.dispatch import available_backends, explain_backend, select_backend
+from sasa.functional._amp import autocast_dtype, cast_to
+from sasa.functional._checks import SUPPORTED_DTYPES, check_local_attention_args, empty_output, per_head_rel_pos
+from sasa.functional.dispatch import (
+    available_backends, backend_status, check_backend_name, explain_backend, registered_backends, select_backend,
+)
 from sasa.functional.packed import local_attention2d_packed
 from sasa.functional.reference import local_attention2d_reference
 
 __all__ = [
-    "local_attention2d", "local_attention2d_packed", "local_attention2d_reference", "available_backends", "explain_backend",
+    "SUPPORTED_DTYPES", "available_backends", "backend_status", "explain_backend", "local_attention2d",
+    "local_attention2d_packed", "local_attention2d_reference", "registered_backends",
 ]
 
 
@@ -23,12 +27,22 @@ def local_attention2d(
     rel_pos: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Masked local attention over a centred kernel_size × kernel_size window (SPEC §1).
+    """Masked local attention over a centred kernel_size × kernel_size window (docs/op.md).
 
     q, k: (B, N, H, W, D); v: (B, N, H, W, Dv); rel_pos: None, (k, k, D) or (N, k, k, D).
     Returns (B, N, H, W, Dv). Logit = q·(k + rel_pos); no implicit scaling; neighbours
-    outside the image are excluded from the softmax.
+    outside the image are excluded from the softmax. B, H or W may be 0 (empty output).
     """
+    amp = autocast_dtype(q.device) if isinstance(q, torch.Tensor) else None
+    if amp is not None:
+        q, k, v, rel_pos = cast_to(amp, q, k, v, rel_pos)
+        with torch.autocast(q.device.type, enabled=False):
+            return local_attention2d(q, k, v, kernel_size=kernel_size, rel_pos=rel_pos, backend=backend)
     check_local_attention_args(q, k, v, kernel_size, rel_pos)
+    kernel_size = int(kernel_size)
+    rel_pos = per_head_rel_pos(rel_pos, q.shape[1])
+    if q.numel() == 0:  # empty batch or image: nothing to attend
+        check_backend_name(backend)
+        return empty_output(v, q, k, rel_pos)
     chosen = select_backend(q, k, v, kernel_size=kernel_size, rel_pos=rel_pos, backend=backend)
     return chosen.run(q, k, v, kernel_size=kernel_size, rel_pos=rel_pos)

@@ -58,8 +58,8 @@ def check_local_attention_args(
         raise ValueError(
             f"v must match q in (B, N, H, W) = {tuple(q.shape[:4])}, got {tuple(v.shape[:4])} (full shape {tuple(v.shape)})"
         )
-    if min(q.shape) == 0 or v.shape[-1] == 0:
-        raise ValueError(f"q and v must have no empty dimension, got q {tuple(q.shape)} and v {tuple(v.shape)}")
+    if q.shape[1] == 0 or q.shape[-1] == 0 or v.shape[-1] == 0:  # B, H, W may be 0: the output is then empty
+        raise ValueError(f"q and v must have at least one head and channel, got q {tuple(q.shape)} and v {tuple(v.shape)}")
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
@@ -81,3 +81,19 @@ def check_local_attention_args(
         raise TypeError(f"rel_pos must have the dtype of q ({q.dtype}), got {rel_pos.dtype}")
     if rel_pos.device != q.device:
         raise ValueError(f"rel_pos must be on the device of q ({q.device}), got {rel_pos.device}")
+
+
+def per_head_rel_pos(rel_pos: torch.Tensor | None, num_heads: int) -> torch.Tensor | None:
+    """A checked rel_pos in its per-head form (N, k, k, D): a shared (k, k, D) table is expanded (a view)."""
+    if rel_pos is None or rel_pos.dim() == 4:
+        return rel_pos
+    return rel_pos.unsqueeze(0).expand(num_heads, -1, -1, -1)
+
+
+def empty_output(like: torch.Tensor, *inputs: torch.Tensor | None) -> torch.Tensor:
+    """Zeros shaped as the empty ``like``, still connected to every input that requires grad (zero gradients)."""
+    out = like.new_zeros(like.shape)
+    for t in (like, *inputs):
+        if t is not None and t.requires_grad:
+            out = out + t.sum() * 0
+    return out

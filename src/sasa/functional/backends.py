@@ -1,4 +1,5 @@
-"""Registration of every backend of the op. Each backend lives in its own module.
+"""Registration of every backend of the op. Each backend lives in its own module and names its
+predicate ``why_not(q, k, v, kernel_size, rel_pos)`` (the reason it cannot run these inputs, or None).
 
 Priorities (lower runs first under ``backend="auto"``):
   5  flex       FlexAttention with a window block mask (CUDA)
@@ -9,25 +10,19 @@ Priorities (lower runs first under ``backend="auto"``):
 """
 from __future__ import annotations
 
-from sasa.functional import chunked, cpu_fused, flex
+from sasa.functional import chunked, cpu_fused, flex, natten, reference
 from sasa.functional.dispatch import Backend, register_backend
-from sasa.functional.reference import local_attention2d_reference
+
+ANY_DEVICE = ("cpu", "cuda")
 
 BACKENDS = [
-    Backend("reference", local_attention2d_reference, lambda q, k, v, kernel_size, rel_pos: None, 100,
-            "unfold + masked softmax; memory O(H·W·k²·D); the oracle"),
-    Backend("chunked", chunked.local_attention2d_chunked, chunked.why_not, 50,
-            "reference arithmetic in row bands, recomputed per band in backward; bounded peak memory"),
-    Backend("cpu_fused", cpu_fused.local_attention2d_cpu_fused, cpu_fused.why_not, 10,
-            "fused C++/OpenMP kernel (forward + recomputing backward), JIT-built on first use"),
-    Backend("flex", flex.local_attention2d_flex, flex.flex_why_not, 5,
-            "FlexAttention over H·W with a window block mask and q·r in score_mod (CUDA)"),
+    Backend("reference", reference.local_attention2d_reference, reference.why_not, 100, ANY_DEVICE),
+    Backend("chunked", chunked.local_attention2d_chunked, chunked.why_not, 50, ANY_DEVICE),
+    Backend("cpu_fused", cpu_fused.local_attention2d_cpu_fused, cpu_fused.why_not, 10, ("cpu",)),
+    Backend("flex", flex.local_attention2d_flex, flex.why_not, 5, ("cuda",)),
 ]
-if flex.natten_available():
-    BACKENDS.append(
-        Backend("natten", flex.local_attention2d_natten, flex.natten_why_not, 6,
-                "NATTEN na2d on the r-padded image with a masking channel (CUDA, rel_pos=None)")
-    )
+if natten.available():
+    BACKENDS.append(Backend("natten", natten.local_attention2d_natten, natten.why_not, 6, ("cuda",)))
 
 for backend in BACKENDS:
     register_backend(backend)

@@ -9,29 +9,27 @@ autograd function that saves only its inputs (views of q, k, v) and recomputes t
 in its backward, freeing everything before the next band: peak memory is
 O(B·N·H·W·(D + Dv) + band_elements) instead of the reference's O(B·N·H·W·k²·(2D + Dv)).
 (``torch.utils.checkpoint`` was not used: its non-reentrant recomputation keeps the
-recomputed tensors that no backward node unpacks alive until the whole backward ends,
-which added ~50 MB per band at 56x56x64.) Double backward is not supported.
+recomputed tensors that no backward node unpacks alive until the whole backward ends, so
+every band's recomputation would add to the peak.) Double backward is not supported.
 
 The band height is chosen so that one band's window tensor holds at most
-``SASA_CHUNK_ELEMENTS`` elements (default 2**23, i.e. 32 MiB in float32), and at least
-one row. Speed is roughly that of the reference (it is the same arithmetic).
+``SASA_CHUNK_ELEMENTS`` elements (``sasa.env``; default 2**23, i.e. 32 MiB in float32), and at
+least one row. The arithmetic is the reference's own helpers (windows, in-image mask, ``attend``).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 23
+from sasa import env
+from sasa.functional.reference import attend, inside_image_mask, upcast_half, windows
 
 
 def _band_height(q: torch.Tensor, v: torch.Tensor, kernel_size: int) -> int:
-    budget = int(os.environ.get("SASA_CHUNK_ELEMENTS", DEFAULT_CHUNK_ELEMENTS))
     batch, heads, _, width, dim = q.shape
     per_row = batch * heads * width * kernel_size * kernel_size * max(dim, v.shape[-1])
-    return max(1, budget // max(per_row, 1))
+    return max(1, env.chunk_elements() // max(per_row, 1))
 
 
 def _band(q_band, k_slab, v_slab, rel, i0: int, height: int, kernel_size: int, top: int):
@@ -41,22 +39,9 @@ def _band(q_band, k_slab, v_slab, rel, i0: int, height: int, kernel_size: int, t
     # pad the slab so that row (i0 + x) + dy - r of the image sits at slab row x + dy
     pad_top = r - top
     pad_bottom = h + 2 * r - pad_top - k_slab.shape[2]
-    k_pad = F.pad(k_slab, (0, 0, r, r, pad_top, pad_bottom))
-    v_pad = F.pad(v_slab, (0, 0, r, r, pad_top, pad_bottom))
-    key_windows = k_pad.unfold(2, kernel_size, 1).unfold(3, kernel_size, 1).permute(0, 1, 2, 3, 5, 6, 4)
-    value_windows = v_pad.unfold(2, kernel_size, 1).unfold(3, kernel_size, 1).permute(0, 1, 2, 3, 5, 6, 4)
-    logits = torch.einsum("bnhwd,bnhwxyd->bnhwxy", q_band, key_windows)
-    if rel is not None:
-        logits = logits + torch.einsum("bnhwd,nxyd->bnhwxy", q_band, rel)
-    offsets = torch.arange(-r, r + 1, device=q_band.device)
-    rows = torch.arange(i0, i0 + h, device=q_band.device)[:, None] + offsets
-    cols = torch.arange(width, device=q_band.device)[:, None] + offsets
-    inside = ((rows >= 0) & (rows < height))[:, None, :, None] & ((cols >= 0) & (cols < width))[None, :, None, :]
-    logits = logits.masked_fill(~inside, float("-inf"))
-    weights = logits.flatten(-2).softmax(dim=-1).view_as(logits)
-    return torch.einsum("bnhwxy,bnhwxyd->bnhwd", weights, value_windows)
-
-
+    pad = (0, 0, r, r, pad_top, pad_bottom)
+    inside = inside_image_mask(height, width, kernel_size, q_band.device, first_row=i0, rows=h)
+    return attend(q_band, windows(F.pad(k_slab, pad), kernel_size), windows(F.pad(v_slab, pad), kernel_size), rel, inside)
 class _Band(torch.autograd.Function):
     """One band, recomputed in backward (a checkpoint that frees everything per band)."""
 
@@ -82,16 +67,16 @@ class _Band(torch.autograd.Function):
 
 
 def local_attention2d_chunked(q, k, v, *, kernel_size: int, rel_pos=None, band_height: int | None = None):
-    """Exact local attention processed in bands of query rows (same contract as the reference)."""
+    """Exact local attention processed in bands of query rows (same contract as the reference).
+
+    rel_pos: None or (N, k, k, D) (``local_attention2d`` brings a shared table to this form).
+    """
+    dtype = q.dtype
+    q, k, v, rel = upcast_half(q, k, v, rel_pos)
     height = q.shape[2]
     r = kernel_size // 2
-    rel = None
-    if rel_pos is not None:
-        rel = rel_pos if rel_pos.dim() == 4 else rel_pos.unsqueeze(0).expand(q.shape[1], -1, -1, -1)
     h = band_height or _band_height(q, v, kernel_size)
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, rel_pos)
-    )
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rel))
     outputs = []
     for i0 in range(0, height, h):
         i1 = min(height, i0 + h)
@@ -101,7 +86,7 @@ def local_attention2d_chunked(q, k, v, *, kernel_size: int, rel_pos=None, band_h
             outputs.append(_Band.apply(*args))
         else:
             outputs.append(_band(*args))
-    return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+    return (torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]).to(dtype)
 
 
 def why_not(q, k, v, kernel_size, rel_pos) -> str | None:

@@ -20,16 +20,12 @@ kernel computes and keeps no logsumexp. ``local_attention2d_packed_cpu_fused`` i
 layout-native entry (the layer's (B, 3·N·D, H, W) projection in, (B, N·D, H, W) out). float16/bfloat16 are computed in
 float32 (the casts are outside the autograd function, so gradients come back in the
 input dtype). Double backward is not supported (``once_differentiable``).
-
-Speed (benchmarks/bench_op.py, 2-core AMD EPYC, 1 thread, CPU time, B=8, 8 heads, k=7):
-at 56x56x64 forward 11 ms and forward+backward 40 ms, i.e. 1.25x / 1.45x the 3x3 conv
-(9 / 28 ms) and ~30-45x faster than the reference; 0.5-0.9x the conv at the later stages.
+Its speed against the 3×3 conv and the reference is printed by ``benchmarks/bench_op.py`` (README).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import threading
 from pathlib import Path
@@ -37,6 +33,9 @@ from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from sasa import env
+from sasa.functional._checks import SUPPORTED_DTYPES
 
 logger = logging.getLogger("sasa.functional")
 
@@ -48,12 +47,9 @@ _EXT: Any = None
 _EXT_ERROR: str | None = None
 _EXT_LOCK = threading.Lock()
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
 
 def _build_directory() -> Path:
-    base = os.environ.get("SASA_EXTENSIONS_DIR") or os.environ.get("TORCH_EXTENSIONS_DIR")
-    root = Path(base) if base else Path.home() / ".cache" / "sasa" / "torch_extensions"
+    root = env.extensions_root()
     torch_tag = torch.__version__.replace("+", "_").replace(".", "_")
     tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch_tag}"
     return root / f"sasa_local_attention_cpu_{tag}"
@@ -76,7 +72,7 @@ def _process_lock(directory: Path):
 
 
 def _build() -> Any:
-    if os.environ.get("SASA_DISABLE_CPU_EXT", "") not in ("", "0"):
+    if env.disable_cpu_ext():
         raise RuntimeError("disabled by SASA_DISABLE_CPU_EXT")
     # importing cpp_extension warns that no CUDA runtime exists: irrelevant to this CPU-only build
     cpp_logger = logging.getLogger("torch.utils.cpp_extension")
@@ -89,7 +85,7 @@ def _build() -> Any:
 
     directory = _build_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    verbose = os.environ.get("SASA_VERBOSE_BUILD", "") not in ("", "0")
+    verbose = env.verbose_build()
     with _process_lock(directory):
         return cpp_extension.load(
             name="sasa_local_attention_cpu",
@@ -198,11 +194,11 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _kernel_rel(rel_pos, kernel_size: int, dim: int, compute: torch.dtype) -> tuple[torch.Tensor, bool]:
-    """rel_pos as the kernel takes it, (1 or N, K, K, D) contiguous (zeros when None), and whether it was given."""
+    """rel_pos (None or per head, (N, K, K, D)) as the kernel takes it: contiguous (zeros (1, K, K, D) when None),
+    and whether it was given."""
     if rel_pos is None:
         return torch.zeros(1, kernel_size, kernel_size, dim, dtype=compute), False
-    rel = rel_pos if rel_pos.dim() == 4 else rel_pos.unsqueeze(0)
-    return rel.to(compute).contiguous(), True
+    return rel_pos.to(compute).contiguous(), True
 
 
 def local_attention2d_cpu_fused(q, k, v, *, kernel_size: int, rel_pos=None):

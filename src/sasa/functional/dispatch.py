@@ -7,11 +7,12 @@ Set ``SASA_LOG_BACKEND=1`` to log every choice, or call :func:`explain_backend`.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from sasa import env
 
 logger = logging.getLogger("sasa.functional")
 
@@ -22,10 +23,14 @@ WhyNotFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, "torch.Tenso
 @dataclass(frozen=True)
 class Backend:
     name: str
-    run: RunFn  # run(q, k, v, *, kernel_size, rel_pos) -> Tensor
+    run: RunFn  # run(q, k, v, *, kernel_size, rel_pos) -> Tensor; rel_pos is None or per head (N, k, k, D)
     why_not: WhyNotFn  # why_not(q, k, v, kernel_size, rel_pos) -> reason it cannot run, or None
     priority: int  # lower runs first under "auto"
-    description: str = ""
+    devices: tuple[str, ...]  # device types it can run on at all
+
+
+def _machine_devices() -> set[str]:
+    return {"cpu"} | ({"cuda"} if torch.cuda.is_available() else set())
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -35,25 +40,36 @@ def register_backend(backend: Backend) -> None:
     _BACKENDS[backend.name] = backend
 
 
-def available_backends() -> list[str]:
-    """Names of all registered backends, fastest first."""
+def registered_backends() -> list[str]:
+    """Names of all registered backends, fastest first (valid values of ``backend=``)."""
     return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: b.priority)]
+
+
+def backend_status() -> dict[str, str | None]:
+    """For each registered backend (fastest first): None if this machine has a device it runs on, else why not."""
+    devices = _machine_devices()
+    return {
+        name: None if devices & set(_BACKENDS[name].devices)
+        else f"needs a {' or '.join(_BACKENDS[name].devices).upper()} device; this machine has {', '.join(sorted(devices))}"
+        for name in registered_backends()
+    }
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run on this machine's devices, fastest first (see :func:`backend_status`)."""
+    return [name for name, reason in backend_status().items() if reason is None]
 
 
 def check_backend_name(backend: object) -> str:
     """``backend`` if it is ``"auto"`` or a registered backend's name, else a ValueError naming it."""
     if backend != "auto" and backend not in _BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {available_backends()}, got {backend!r}")
+        raise ValueError(f"backend must be 'auto' or one of {registered_backends()}, got {backend!r}")
     return backend
 
 
 def explain_backend(q, k, v, *, kernel_size: int, rel_pos=None) -> list[tuple[str, str | None]]:
     """For each backend (fastest first): (name, reason it was rejected or None if runnable)."""
-    return [(name, _BACKENDS[name].why_not(q, k, v, kernel_size, rel_pos)) for name in available_backends()]
-
-
-def _log_enabled() -> bool:
-    return os.environ.get("SASA_LOG_BACKEND", "") not in ("", "0")
+    return [(name, _BACKENDS[name].why_not(q, k, v, kernel_size, rel_pos)) for name in registered_backends()]
 
 
 def select_backend(q, k, v, *, kernel_size: int, rel_pos, backend: str) -> Backend:
@@ -67,7 +83,7 @@ def select_backend(q, k, v, *, kernel_size: int, rel_pos, backend: str) -> Backe
     decisions = explain_backend(q, k, v, kernel_size=kernel_size, rel_pos=rel_pos)
     for name, reason in decisions:
         if reason is None:
-            if _log_enabled():
+            if env.log_backend():
                 rejected = "; ".join(f"{n}: {r}" for n, r in decisions if r is not None) or "none"
                 logger.warning(
                     "local_attention2d: using %r for %s %s on %s (rejected: %s)",

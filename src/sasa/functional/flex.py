@@ -1,29 +1,18 @@
-"""CUDA backends: ``"flex"`` (FlexAttention) and, when installed, ``"natten"``.
+"""Backend ``"flex"``: FlexAttention over the flattened image (CUDA).
 
-``flex``
-    :func:`torch.nn.attention.flex_attention.flex_attention` over the flattened H·W
-    sequence. A block mask keeps the pairs with ``|row diff| <= r`` and ``|col diff| <= r``
-    (the centred window clipped to the image: exactly SPEC §1's masked softmax, since pairs
-    outside the image simply do not exist in the sequence). The relative logits are
-    query-dependent, so they are precomputed as ``qr = einsum(q, rel_pos)`` of shape
-    (B, N, H·W, k²) and added in ``score_mod`` at the pair's offset; gradients flow to q and
-    rel_pos through ``qr`` (a captured tensor). ``scale=1.0``: no implicit 1/sqrt(D).
-    The Triton kernels need power-of-two head dims >= 16, so q/k and v are zero-padded in
-    the channel dimension (zero channels add nothing to q·k) and the output is cropped.
-    float64 is rejected (no Triton kernel); on CPU FlexAttention has no backward (and its
-    forward is ~25x slower than ``cpu_fused``), so CPU tensors are rejected too.
+:func:`torch.nn.attention.flex_attention.flex_attention` over the flattened H·W sequence. A
+block mask keeps the pairs with ``|row diff| <= r`` and ``|col diff| <= r`` (the centred window
+clipped to the image: exactly the op's masked softmax, docs/op.md, since pairs outside the image
+do not exist in the sequence). The relative logits are query-dependent, so they are precomputed
+as ``qr = einsum(q, rel_pos)`` of shape (B, N, H·W, k²) and added in ``score_mod`` at the pair's
+offset; gradients flow to q and rel_pos through ``qr`` (a captured tensor). ``scale=1.0``: no
+implicit 1/sqrt(D). The Triton kernels need power-of-two head dims >= 16, so q/k and v are
+zero-padded in the channel dimension (zero channels add nothing to q·k) and the output is cropped.
+float64 is rejected (no Triton kernel); on CPU FlexAttention has no backward (and its forward is
+far slower than ``cpu_fused``), so CPU tensors are rejected too.
 
-``natten``
-    Registered only if ``import natten`` works and provides ``natten.functional.na2d``.
-    NATTEN's neighbourhoods are *shifted* at the borders (every query keeps k×k neighbours),
-    whereas SASA's window stays centred and shrinks; and NATTEN has no query-dependent
-    relative term (its ``rpb`` is a per-head bias, not q·r). It is made exact here for the
-    content-only case (``rel_pos is None``) by zero-padding the image by r on every side
-    (so every original pixel's NATTEN window is the centred one) and appending one channel
-    to q (value 1) and k (0 inside the image, -1e4 on the padding), which drives the logits
-    of padded keys to -1e4 so their softmax weight is exactly 0 in float32/bfloat16/float16.
-    With ``rel_pos`` it would not be exact, so ``why_not`` rejects it.
-    Neither backend can be exercised without a GPU; their tests skip on CPU-only machines.
+``qr`` is computed in float32 whatever the input dtype and FlexAttention accumulates scores in
+float32, so half-precision inputs keep float32 logits. Its tests run only where CUDA exists.
 """
 from __future__ import annotations
 
@@ -35,7 +24,6 @@ import torch.nn.functional as F
 FLEX_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-# ----------------------------------------------------------------------------- flex
 def _flex_import_error() -> str | None:
     try:
         from torch.nn.attention import flex_attention  # noqa: F401
@@ -83,8 +71,8 @@ def local_attention2d_flex(q, k, v, *, kernel_size: int, rel_pos=None):
     vf = v.reshape(batch, heads, length, dim_v)
     score_mod = None
     if rel_pos is not None:
-        rel = rel_pos if rel_pos.dim() == 4 else rel_pos.unsqueeze(0).expand(heads, -1, -1, -1)
-        qr = torch.einsum("bnld,nod->bnlo", qf, rel.reshape(heads, ks * ks, dim))  # (B, N, L, k²)
+        # (B, N, L, k²) in float32: the logits of half-precision inputs accumulate in float32
+        qr = torch.einsum("bnld,nod->bnlo", qf.float(), rel_pos.float().reshape(heads, ks * ks, dim))
 
         def score_mod(score, b, h, q_idx, kv_idx):
             # masked-out pairs are evaluated too: clamp so the index stays in range
@@ -102,7 +90,7 @@ def local_attention2d_flex(q, k, v, *, kernel_size: int, rel_pos=None):
     return out[..., :dim_v].reshape(batch, heads, height, width, dim_v)
 
 
-def flex_why_not(q, k, v, kernel_size, rel_pos) -> str | None:
+def why_not(q, k, v, kernel_size, rel_pos) -> str | None:
     if q.device.type != "cuda":
         return (
             f"needs CUDA tensors, got {q.device} (FlexAttention has no backward on CPU, "
@@ -117,50 +105,4 @@ def flex_why_not(q, k, v, kernel_size, rel_pos) -> str | None:
         import triton  # noqa: F401
     except ImportError:
         return "FlexAttention on CUDA needs triton (not installed)"
-    return None
-
-
-# ----------------------------------------------------------------------------- natten
-def natten_available() -> bool:
-    try:
-        from natten.functional import na2d  # noqa: F401
-    except Exception:  # noqa: BLE001
-        return False
-    return True
-
-
-def local_attention2d_natten(q, k, v, *, kernel_size: int, rel_pos=None):
-    """NATTEN backend (CUDA, content-only logits); exact by padding, see the module docstring."""
-    from natten.functional import na2d
-
-    if rel_pos is not None:
-        raise ValueError("the natten backend has no q·r relative logits; use backend='flex'")
-    batch, heads, height, width, dim = q.shape
-    dim_v = v.shape[-1]
-    r = kernel_size // 2
-    dp = max(16, -(-(dim + 1) // 8) * 8)
-    ones = q.new_ones(batch, heads, height, width, 1)
-    q1 = F.pad(torch.cat([q, ones], dim=-1), (0, dp - dim - 1))
-    k1 = F.pad(torch.cat([k, torch.zeros_like(ones)], dim=-1), (0, dp - dim - 1))
-    v1 = F.pad(v, (0, dp - dim_v)) if dp >= dim_v else v
-    pad = (0, 0, r, r, r, r)
-    q1, k1, v1 = F.pad(q1, pad), F.pad(k1, pad), F.pad(v1, pad)
-    outside = torch.ones(height + 2 * r, width + 2 * r, dtype=torch.bool, device=q.device)
-    outside[r : r + height, r : r + width] = False
-    k1 = k1.clone()
-    k1[..., :, :, dim] = k1[..., :, :, dim].masked_fill(outside, -1e4)
-    # NATTEN layout: (B, H, W, heads, D)
-    to_natten = lambda t: t.permute(0, 2, 3, 1, 4).contiguous()  # noqa: E731
-    out = na2d(to_natten(q1), to_natten(k1), to_natten(v1), kernel_size=kernel_size, scale=1.0)
-    out = out.permute(0, 3, 1, 2, 4)[:, :, r : r + height, r : r + width, :dim_v]
-    return out.contiguous()
-
-
-def natten_why_not(q, k, v, kernel_size, rel_pos) -> str | None:
-    if q.device.type != "cuda":
-        return f"needs CUDA tensors, got {q.device}"
-    if rel_pos is not None:
-        return "NATTEN has no query-dependent relative logits (q·r); exact only for rel_pos=None"
-    if q.dtype not in FLEX_DTYPES:
-        return f"NATTEN supports {', '.join(map(str, FLEX_DTYPES))}, got {q.dtype}"
     return None

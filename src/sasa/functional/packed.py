@@ -13,7 +13,9 @@ import torch
 from einops import rearrange
 
 from sasa.functional import cpu_fused
-from sasa.functional._checks import check_local_attention_args
+from sasa.functional._amp import autocast_dtype, cast_to
+from sasa.functional._checks import check_integer, check_local_attention_args, empty_output, per_head_rel_pos
+from sasa.functional.dispatch import check_backend_name
 
 _SPLIT = "b (n d) h w -> b n h w d"
 
@@ -26,7 +28,7 @@ def _heads_views(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch
 def _check_packed_args(qkv: object, num_heads: object, scale: object) -> None:
     if not isinstance(qkv, torch.Tensor):
         raise TypeError(f"qkv must be a torch.Tensor, got {type(qkv).__name__}")
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
+    if check_integer("num_heads", num_heads) <= 0:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
     if qkv.dim() != 4:
         raise ValueError(f"qkv must have 4 dimensions (B, 3·N·D, H, W), got {qkv.dim()} with shape {tuple(qkv.shape)}")
@@ -52,9 +54,21 @@ def local_attention2d_packed(
     Channels of qkv: [q | k | v], each head-major ("(n d)"); rel_pos: None, (k, k, D) or (N, k, k, D).
     Equals ``rearrange(local_attention2d(scale·q, k, v, ...), "b n h w d -> b (n d) h w")``.
     """
+    amp = autocast_dtype(qkv.device) if isinstance(qkv, torch.Tensor) else None
+    if amp is not None:  # as local_attention2d: the autocast dtype, autocast off inside (_amp)
+        qkv, rel_pos = cast_to(amp, qkv, rel_pos)
+        with torch.autocast(qkv.device.type, enabled=False):
+            return local_attention2d_packed(
+                qkv, num_heads=num_heads, kernel_size=kernel_size, rel_pos=rel_pos, scale=scale, backend=backend
+            )
     _check_packed_args(qkv, num_heads, scale)
+    num_heads, kernel_size = int(num_heads), int(kernel_size)
     q, k, v = _heads_views(qkv, num_heads)
     check_local_attention_args(q, k, v, kernel_size, rel_pos)
+    rel_pos = per_head_rel_pos(rel_pos, num_heads)
+    if qkv.numel() == 0:  # empty batch or image
+        check_backend_name(backend)
+        return empty_output(qkv[:, : qkv.shape[1] // 3], qkv, rel_pos)
     if backend in ("auto", "cpu_fused"):
         reason = cpu_fused.why_not(q, k, v, kernel_size, rel_pos)
         if reason is None:

@@ -114,7 +114,7 @@ class AttentionStem(nn.Module):
             isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (s, (s, s)) and pool.stride in (s, (s, s))
             and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
             and type(self.bn) is nn.BatchNorm2d and self.bn.affine and type(self.relu) is nn.ReLU
-            and x.shape[-2] % s == 0 and x.shape[-1] % s == 0
+            and x.numel() > 0 and x.shape[-2] % s == 0 and x.shape[-1] % s == 0
             and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
         )
 

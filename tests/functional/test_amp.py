@@ -1,0 +1,37 @@
+"""The op under torch.autocast: float32 relative embeddings meet bfloat16 projections (issue 14 item 1)."""
+import pytest
+import torch
+
+from sasa.functional import local_attention2d, local_attention2d_packed, local_attention2d_reference
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "chunked"])
+def test_item1_autocast_op_takes_float32_rel_pos_with_bfloat16_qkv(backend):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 6, 4, generator=gen).bfloat16().requires_grad_(True) for _ in range(3))
+    rel_pos = torch.randn(2, 3, 3, 4, generator=gen, requires_grad=True)  # a float32 parameter
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = local_attention2d(q, k, v, kernel_size=3, rel_pos=rel_pos, backend=backend)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert rel_pos.grad.dtype == torch.float32 and torch.isfinite(rel_pos.grad).all()
+    expected = local_attention2d_reference(q.double(), k.double(), v.double(), kernel_size=3,
+                                           rel_pos=rel_pos.bfloat16().double())
+    torch.testing.assert_close(out.double(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_item1_autocast_packed_entry():
+    gen = torch.Generator().manual_seed(1)
+    qkv = torch.randn(2, 3 * 8, 5, 5, generator=gen).bfloat16()
+    rel_pos = torch.randn(3, 3, 4, generator=gen, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = local_attention2d_packed(qkv, num_heads=2, kernel_size=3, rel_pos=rel_pos, scale=0.5)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 8, 5, 5)
+    out.float().sum().backward()
+    assert torch.isfinite(rel_pos.grad).all()
+
+
+def test_mixed_dtypes_without_autocast_still_refused():
+    q = torch.randn(1, 1, 3, 3, 2).bfloat16()
+    with pytest.raises(TypeError, match="rel_pos must have the dtype of q"):
+        local_attention2d(q, q, q, kernel_size=3, rel_pos=torch.randn(3, 3, 2))
