@@ -71,33 +71,43 @@ def test_matmul_matches_reference_values_and_gradients(batch, heads, length, dim
 
 @pytest.mark.parametrize("radius", [2, 5])
 def test_hooks_see_the_same_parts_in_both_backends(radius):
-    """Normalisation hooks get three (B, N, L, L) terms with the in-radius mask (None: all in) and two (B, N, L, Dv) parts."""
+    """Logit hooks get three terms in the backend's layout with its mask of real in-radius keys (None: all are);
+    output hooks get two (B, N, L, Dv) parts. Both layouts hold the same multiset of valid logits."""
     q, k, v, rel = make(2, 2, 6, 3, 4, radius)
-    seen = {"terms": [], "parts": []}
+    seen = {"terms": {}, "parts": []}
 
-    def logit_norm(terms, valid):
-        seen["terms"].append(([t.shape for t in terms], valid))
-        return [t * scale for t, scale in zip(terms, (1.0, -2.0, 0.5))]
+    def hooks(backend):
+        def logit_norm(terms, valid):
+            seen["terms"][backend] = (terms, valid)
+            return [t * scale for t, scale in zip(terms, (1.0, -2.0, 0.5))]
 
-    def output_norm(parts):
-        seen["parts"].append([p.shape for p in parts])
-        return [parts[0] * 3.0, parts[1] * -1.0]
+        def output_norm(parts):
+            seen["parts"].append([p.shape for p in parts])
+            return [parts[0] * 3.0, parts[1] * -1.0]
 
-    outs = [axial_attention1d(q, k, v, **rel, logit_norm=logit_norm, output_norm=output_norm, backend=b) for b in ("reference", "matmul")]
+        return dict(logit_norm=logit_norm, output_norm=output_norm)
+
+    outs = [axial_attention1d(q, k, v, **rel, **hooks(b), backend=b) for b in ("reference", "matmul")]
     torch.testing.assert_close(outs[0], outs[1])
-    assert seen["terms"][0][0] == [(2, 2, 6, 6)] * 3 and seen["parts"] == [[(2, 2, 6, 4)] * 2] * 2
+    assert seen["parts"] == [[(2, 2, 6, 4)] * 2] * 2
+    ref_terms, ref_valid = seen["terms"]["reference"]
+    fast_terms, fast_valid = seen["terms"]["matmul"]
     offsets = torch.arange(6)[None, :] - torch.arange(6)[:, None]
-    for _, valid in seen["terms"]:
-        if radius >= 5:
-            assert valid is None
-        else:
-            assert torch.equal(valid, offsets.abs() <= radius)
+    if radius >= 5:
+        assert ref_valid is None and fast_valid is None
+    else:
+        assert torch.equal(ref_valid, offsets.abs() <= radius)
+        assert fast_valid.shape == (6, 2 * radius + 1) and fast_terms[0].shape == (2, 2, 6, 2 * radius + 1)
+    for ref, fast in zip(ref_terms, fast_terms):
+        pick = lambda t, valid: t.flatten(-2) if valid is None else t[..., valid]  # noqa: E731
+        torch.testing.assert_close(pick(fast, fast_valid).sort(-1).values, pick(ref, ref_valid).sort(-1).values)
     # scaling the terms really changes the result (the hooks are applied, not ignored)
     assert not torch.allclose(outs[0], axial_attention1d(q, k, v, **rel))
 
 
-def test_gradcheck_matmul_float64():
-    q, k, v, rel = make(1, 2, 5, 2, 3, 2)
+@pytest.mark.parametrize("radius", [2, 4])  # banded (local) and (L, L) global layouts
+def test_gradcheck_matmul_float64(radius):
+    q, k, v, rel = make(1, 2, 5, 2, 3, radius)
     leaves = [t.requires_grad_() for t in (q, k, v, *rel.values())]
     fn = lambda q, k, v, rq, rk, rv: axial_attention1d(q, k, v, rel_q=rq, rel_k=rk, rel_v=rv, backend="matmul")  # noqa: E731
     assert torch.autograd.gradcheck(fn, leaves)

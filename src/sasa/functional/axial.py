@@ -8,16 +8,21 @@ For query position o and every key position p on the same axis with |p − o| �
 The relative tables r^q, r^k (each (2·radius+1, Dq)) and r^v ((2·radius+1, Dv)) are shared by
 all heads; row j holds offset j − radius. Keys outside the axis or beyond the radius are left
 out of the softmax. Two optional hooks let a layer normalise the parts separately, as the paper
-does with batch norm: ``logit_norm(terms, valid)`` receives the list of the three (B, N, L, L)
-logit terms [q·k, q·r^q, k·r^k] and the (L, L) bool mask of pairs inside the radius (None when
-every pair is) and returns them normalised; ``output_norm(parts)`` receives the list of the two
+does with batch norm: ``logit_norm(terms, valid)`` receives the list of the three
+logit terms [q·k, q·r^q, k·r^k] (B, N, L, S) — S keys per query, in the backend's layout — and the
+(L, S) bool mask of the entries that are real keys within the radius (None when all are), and
+returns them normalised; ``output_norm(parts)`` receives the list of the two
 (B, N, L, Dv) parts [Σ softmax·v, Σ softmax·r^v] and returns them normalised. The parts are
 summed after the hooks.
 
 Backends: ``reference`` builds the (L, L, D) table of r_(p−o) for every pair and contracts it
-with einsum, each line one term of the formula; ``matmul`` contracts q and k with the
-offset tables in (B·N, L, 2L − 1) matmuls and reads the (L, L) layout as a strided view of the
-result (no gather, no copy); ``auto`` takes ``matmul``.
+with einsum, each line one term of the formula; ``matmul`` uses batched matmuls: with a global
+reach it contracts q and k with the offset tables in (B·N, L, 2L − 1) matmuls and reads the (L, L)
+layout as a strided view of the result (no gather, no copy); with a local span it works on
+(L, 2·radius+1) banded logits over zero-padded key windows (memory and time grow with the span,
+not the axis). The logit hooks see whichever layout the backend uses, with its validity mask
+(None when nothing is masked); batch-norm statistics over the valid entries are the same in both.
+``auto`` takes ``matmul``.
 """
 from __future__ import annotations
 
@@ -106,17 +111,11 @@ def _skew(relative: torch.Tensor) -> torch.Tensor:
     return relative.as_strided((*relative.shape[:-1], length), (*strides[:-2], 2 * length - 2, 1), relative.storage_offset() + length - 1)
 
 
-def _axial_matmul(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=None) -> torch.Tensor:
-    """Contract q and k with the offset tables once ((B, N, L, 2L − 1) matmuls), then read the (L, L) layout
-    as a strided view of that result instead of gathering; the r^v sum writes the weights into the offset
-    layout the same way. Offsets beyond the radius get zero rows and are masked out of the softmax."""
-    length, radius = q.shape[-2], rel_q.shape[0] // 2
-    reach = length - 1
-    if radius < reach:  # pad the tables to every offset of the axis
-        rel_q, rel_k, rel_v = (F.pad(t, (0, 0, reach - radius, reach - radius)) for t in (rel_q, rel_k, rel_v))
-        valid = relative_offsets(length, radius, q.device)[1]
-    else:
-        valid = None
+def _axial_global(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=None) -> torch.Tensor:
+    """Radius >= L − 1 (every key in reach): (L, L) logits. q and k are contracted with the offset tables once
+    ((B, N, L, 2L − 1) matmuls) and the (L, L) layout is a strided view of that result (no gather, no copy);
+    the r^v sum writes the weights into the offset layout the same way."""
+    length = q.shape[-2]
     qr = _skew((q @ rel_q.T).contiguous())
     # k_p·r_(p−o) read with p as the row: with the table reversed, row p holds offset o − p at column o − p + L − 1
     kr = _skew((k @ rel_k.flip(0).T).contiguous()).transpose(-1, -2)
@@ -127,7 +126,38 @@ def _axial_matmul(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=
         _skew(by_offset).copy_(weights)  # by_offset[o, p − o + L − 1] = w[o, p]
         return [weights @ v, by_offset @ rel_v]
 
+    return _finish(terms, None, v_mix, logit_norm, output_norm)
+
+
+def _windows(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, N, L, D) -> (B, N, L, 2·radius+1, D): the zero-padded keys at offsets −radius..radius of each position."""
+    return F.pad(x, (0, 0, radius, radius)).unfold(-2, 2 * radius + 1, 1).transpose(-1, -2)
+
+
+def _axial_banded(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=None) -> torch.Tensor:
+    """Radius < L − 1 (a local span): (L, 2·radius+1) logits, one column per offset, so the cost grows with
+    the span, not the axis; keys past the ends are zero-padded and masked out."""
+    length, radius = q.shape[-2], rel_q.shape[0] // 2
+    key_windows, value_windows = _windows(k, radius), _windows(v, radius)  # (B, N, L, m, D)
+    key_pos = torch.arange(length, device=q.device)[:, None] + torch.arange(-radius, radius + 1, device=q.device)
+    valid = (key_pos >= 0) & (key_pos < length)  # (L, m)
+    terms = [
+        (q.unsqueeze(-2) @ key_windows.transpose(-1, -2)).squeeze(-2),
+        q @ rel_q.T,  # column j is offset j − radius: already the banded layout
+        (key_windows * rel_k).sum(-1),
+    ]
+
+    def v_mix(weights):
+        return [(weights.unsqueeze(-2) @ value_windows).squeeze(-2), weights @ rel_v]
+
     return _finish(terms, valid, v_mix, logit_norm, output_norm)
+
+
+def _axial_matmul(q, k, v, **tables_and_hooks) -> torch.Tensor:
+    """(L, L) logits when the radius reaches the whole axis, (L, 2·radius+1) banded logits otherwise."""
+    if tables_and_hooks["rel_q"].shape[0] // 2 >= q.shape[-2] - 1:
+        return _axial_global(q, k, v, **tables_and_hooks)
+    return _axial_banded(q, k, v, **tables_and_hooks)
 
 
 AXIAL_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
