@@ -96,6 +96,8 @@ def _detector_configs() -> dict[str, DetectorConfig]:
         for backbone in (f"sa_resnet{depth}", f"sa_resnet{depth}_convstem"):
             configs[f"retinanet_{backbone}"] = DetectorConfig(backbone=backbone)
             configs[f"retinanet_{backbone}_attnhead"] = DetectorConfig(backbone=backbone, head="attention")
+    for backbone in ("axial_resnet26_s", "axial_resnet50_s"):  # Axial-DeepLab backbones (SPEC §8), conv heads
+        configs[f"retinanet_{backbone}"] = DetectorConfig(backbone=backbone)
     return configs
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from sasa.layers.axial_attention import AxialConfig, AxialMixer2d
 from sasa.layers.local_attention import AttentionConfig, LocalSelfAttention2d
 
 
@@ -63,3 +64,5 @@ def _conv3x3(in_channels: int, out_channels: int, *, stride: int, config: Any = 
 
 register_spatial_mixer("conv", _conv3x3)
 register_spatial_mixer("attention", LocalSelfAttention2d.from_config, config_type=AttentionConfig)
+# Axial-DeepLab (SPEC §8): height-axis then width-axis position-sensitive attention
+register_spatial_mixer("axial", AxialMixer2d.from_config, config_type=AxialConfig)

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sasa.functional._checks import check_integer
-from sasa.layers import SPATIAL_MIXERS, AttentionConfig, get_spatial_mixer
+from sasa.layers import SPATIAL_MIXERS, AttentionConfig, AxialConfig, get_spatial_mixer
 
 BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
-STEMS = ("conv", "attention")
+STEMS = ("conv", "attention", "blocks")
 
 
 def _positive_ints(name: str, values: Any, count: int) -> tuple[int, ...]:
@@ -35,7 +35,9 @@ class ResNetConfig:
     """
 
     layers: tuple[int, int, int, int]
-    stem: str = "conv"  # "conv": 7×7/2 conv + 3×3/2 max pool; "attention": AttentionStem
+    # "conv": 7×7/2 conv + 3×3/2 max pool; "attention": AttentionStem; "blocks": three bottlenecks of the
+    # spatial mixer (width stem_channels, the first with stride 2) + 3×3/2 max pool (Full Axial-Attention)
+    stem: str = "conv"
     spatial: str = "conv"  # the bottleneck's spatial mixer: a name registered in sasa.layers.spatial
     # options of the spatial mixer (its registered config type; AttentionConfig for "conv", which ignores it);
     # None: the mixer's defaults; a dict (e.g. read back from JSON) is converted
@@ -69,7 +71,7 @@ class ResNetConfig:
                 set_("attention", None)
             set_("attention", mixer.resolve_config(self.attention))
             if hasattr(self.attention, "check_channels"):
-                for width in self.widths:
+                for width in self.widths + ((self.stem_channels,) if self.stem == "blocks" else ()):
                     self.attention.check_channels(width)
         if self.stem == "attention" and (self.stem_channels % self.stem_heads or self.stem_channels % 2):
             raise ValueError(
@@ -92,7 +94,36 @@ def _depth_configs() -> dict[str, ResNetConfig]:
     return configs
 
 
-MODEL_CONFIGS: dict[str, ResNetConfig] = _depth_configs()
+# Axial-ResNets (Axial-DeepLab, SPEC §8): the "L" layout has bottleneck widths 128/256/512/1024 with
+# expansion 2 and a 64-channel stem; S, M, L scale every width by 0.5, 0.75, 1 (8 heads throughout).
+AXIAL_WIDTHS = (128, 256, 512, 1024)
+AXIAL_SCALES = {"s": 0.5, "m": 0.75, "l": 1.0}
+# Axial-DeepLab's implementation keeps relative embeddings for offsets up to ±254 in every layer (MAX_SPAN 255);
+# the paper's parameter counts include them, and a global layer then stays global on axes up to 255 pixels.
+PAPER_MAX_LENGTH = 255
+# the public port (Axial-ResNet-26-S, 5.9M) sizes each global layer's table to its feature map at 224; we give
+# every layer the first stage's length, 56, so that layers 2-4 stay global up to 2-8× the training size
+PORT_MAX_LENGTH = 56
+
+
+def _axial_config(layers: tuple[int, ...], scale: float, attention: AxialConfig, **fields) -> ResNetConfig:
+    return ResNetConfig(
+        layers=layers, spatial="axial", attention=attention, widths=tuple(int(w * scale) for w in AXIAL_WIDTHS),
+        expansion=2, stem_channels=int(64 * scale), zero_init_residual=True, **fields,
+    )
+
+
+def _axial_configs() -> dict[str, ResNetConfig]:
+    global_span = AxialConfig(max_length=PAPER_MAX_LENGTH)
+    configs = {f"axial_resnet50_{size}": _axial_config(BLOCKS[50], scale, global_span) for size, scale in AXIAL_SCALES.items()}
+    configs["axial_resnet26_s"] = _axial_config(BLOCKS[26], 0.5, AxialConfig(max_length=PORT_MAX_LENGTH))
+    configs["axial_resnet50_s_full"] = _axial_config(
+        BLOCKS[50], 0.5, AxialConfig(span=15, max_length=PAPER_MAX_LENGTH), stem="blocks"
+    )
+    return configs
+
+
+MODEL_CONFIGS: dict[str, ResNetConfig] = _depth_configs() | _axial_configs()
 
 # kept for type checkers and readers: the options object of the attention models
-__all__ = ["AttentionConfig", "BLOCKS", "MODEL_CONFIGS", "ResNetConfig", "STEMS"]
+__all__ = ["AttentionConfig", "AxialConfig", "BLOCKS", "MODEL_CONFIGS", "ResNetConfig", "STEMS"]

@@ -1,9 +1,10 @@
-"""``create_model`` / ``list_models`` and registration of the nine paper models with timm.
+"""``create_model`` / ``list_models`` and registration of the models with timm.
 
 In ``sasa.create_model`` the models keep the paper's names (``resnet26``, ``sa_resnet26_convstem``,
 ``sa_resnet26``, ...). timm has its own ``resnet26``/``resnet50`` (other layouts), so in timm every
 paper model is ``sasa_`` + its name (``timm.create_model("sasa_resnet26")`` is the paper's baseline).
-The attention models are also registered under their bare names, which clash with nothing in timm.
+The attention models (``sa_*``, ``axial_*``) are also registered under their bare names, which clash
+with nothing in timm.
 """
 from __future__ import annotations
 
@@ -49,14 +50,14 @@ def _timm_entrypoint(name: str, timm_name: str):
 
 
 def timm_names() -> dict[str, str]:
-    """timm name -> sasa name: ``sasa_<name>`` for all nine, and the bare names that timm does not use."""
+    """timm name -> sasa name: ``sasa_<name>`` for every model, and the bare names that timm does not use."""
     from timm.models import is_model, model_entrypoint
 
     def free(timm_name: str) -> bool:
         return not is_model(timm_name) or model_entrypoint(timm_name).__module__ == __name__
 
     names = {TIMM_PREFIX + name: name for name in list_models()}
-    names.update({name: name for name in list_models() if name.startswith("sa_") and free(name)})
+    names.update({name: name for name in list_models() if not name.startswith("resnet") and free(name)})
     return names
 
 

@@ -26,7 +26,7 @@ def init_conv_bn_(module: nn.Module) -> None:
 
 
 class Bottleneck(nn.Module):
-    """1×1 reduce -> spatial mixer (3×3 conv or local attention) -> 1×1 expand, plus shortcut."""
+    """1×1 reduce -> spatial mixer (3×3 conv, local attention or an axial pair) -> 1×1 expand, plus shortcut."""
 
     def __init__(self, in_channels: int, width: int, *, stride: int, config: ResNetConfig) -> None:
         super().__init__()
@@ -66,12 +66,20 @@ class ResNet(nn.Module):
             self.bn1 = nn.BatchNorm2d(config.stem_channels)
             self.relu = nn.ReLU(inplace=True)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        else:
+        elif config.stem == "attention":
             self.stem = AttentionStem(
                 in_chans, config.stem_channels, num_heads=config.stem_heads,
                 num_value_mixtures=config.stem_value_mixtures,
             )
-        channels = config.stem_channels
+        else:  # "blocks": the stand-alone stem of Full Axial-Attention (SPEC §8)
+            width, out = config.stem_channels, config.stem_channels * config.expansion
+            self.stem = nn.Sequential(
+                Bottleneck(in_chans, width, stride=2, config=config),
+                Bottleneck(out, width, stride=1, config=config),
+                Bottleneck(out, width, stride=1, config=config),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
+        channels = config.stem_channels * (config.expansion if config.stem == "blocks" else 1)
         for index, (blocks, width) in enumerate(zip(config.layers, config.widths)):
             stride = 1 if index == 0 else 2
             stage = []
@@ -93,7 +101,7 @@ class ResNet(nn.Module):
                     nn.init.zeros_(module.bn3.weight)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.stem == "attention":
+        if self.config.stem != "conv":
             return self.stem(x)
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
