@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts.
+"""Parameter and FLOP counts (convention: docs/flops.md).
 
 Convention (reproduces the paper's Table 1): FLOPs = 2 × multiply-adds of every Conv2d and
 Linear (1×1 shortcuts and the classifier included), plus each module's own ``extra_macs``
@@ -28,13 +28,23 @@ def _module_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def count_flops(model: nn.Module, input_size: tuple[int, ...] | int = 224, *, in_chans: int = 3, inputs=None) -> int:
+def input_channels(model: nn.Module) -> int:
+    """The channels a model's input has: its ``in_chans`` attribute, else the first layer's ``in_channels``."""
+    channels = getattr(model, "in_chans", None)
+    if channels is None:
+        channels = next((m.in_channels for m in model.modules() if isinstance(getattr(m, "in_channels", None), int)), 3)
+    return channels
+
+
+def count_flops(model: nn.Module, input_size: tuple[int, ...] | int = 224, *, in_chans: int | None = None, inputs=None) -> int:
     """FLOPs (2 × multiply-adds) of one forward pass for a batch of one image.
 
-    ``input_size``: an int (square image), (H, W) or (C, H, W). ``inputs``: anything the model's
-    forward accepts, instead of a generated image (e.g. a list of images for a detector).
+    ``input_size``: an int (square image), (H, W) or (C, H, W). ``in_chans``: default the model's own
+    (:func:`input_channels`). ``inputs``: anything the model's forward accepts, instead of a generated
+    image (e.g. a list of images for a detector).
     """
     if inputs is None:
+        in_chans = input_channels(model) if in_chans is None else in_chans
         if isinstance(input_size, int):
             input_size = (in_chans, input_size, input_size)
         elif len(input_size) == 2:

@@ -158,7 +158,7 @@ def create_detector(name: str, *, num_classes: int, **overrides) -> RetinaNet:
 
 
 def profile_detector(name: str, *, img_size: int, num_classes: int = 80, full_forward: bool = False, **overrides) -> dict:
-    """Parameters and FLOPs (SPEC convention) for one img_size×img_size image, which the detector does not resize.
+    """Parameters and FLOPs (docs/flops.md) for one img_size×img_size image, which the detector does not resize.
 
     FLOPs are counted by :func:`sasa.profile.count_flops`'s hooks (every Conv2d, plus ``extra_macs`` of
     the attention layers). By default the backbone + FPN and then the heads run on the meta device:

@@ -48,7 +48,7 @@ def check_local_attention_args(
     kernel_size: int,
     rel_pos: torch.Tensor | None,
 ) -> None:
-    """Validate shapes, dtypes and devices of the op's inputs (SPEC §1)."""
+    """Validate shapes, dtypes and devices of the op's inputs (docs/op.md)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t)
     check_kernel_size(kernel_size)

@@ -202,7 +202,7 @@ def _kernel_rel(rel_pos, kernel_size: int, dim: int, compute: torch.dtype) -> tu
 
 
 def local_attention2d_cpu_fused(q, k, v, *, kernel_size: int, rel_pos=None):
-    """Fused CPU local attention; same contract as the reference (SPEC §1).
+    """Fused CPU local attention; same contract as the reference (docs/op.md).
 
     Without autograd (``no_grad``, or no input requiring grad) the forward-only kernel runs: no
     logsumexp is computed or kept.

@@ -62,7 +62,7 @@ def _padded_dim(dim: int) -> int:
 
 
 def local_attention2d_flex(q, k, v, *, kernel_size: int, rel_pos=None):
-    """FlexAttention backend (CUDA); same contract as the reference (SPEC §1)."""
+    """FlexAttention backend (CUDA); same contract as the reference (docs/op.md)."""
     batch, heads, height, width, dim = q.shape
     dim_v = v.shape[-1]
     length, r, ks = height * width, kernel_size // 2, kernel_size

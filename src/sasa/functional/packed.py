@@ -1,6 +1,6 @@
 """Layout-native entry of the op: the attention layer's (B, 3·N·D, H, W) projection in, (B, N·D, H, W) out.
 
-Same attention as :func:`sasa.functional.local_attention2d` (SPEC §1) on
+Same attention as :func:`sasa.functional.local_attention2d` (docs/op.md) on
 q, k, v = qkv.chunk(3, dim=1), each split into N heads of D channels ("b (n d) h w"), with the
 logits computed from ``scale · q``. On CPU the fused kernel reads the projection's output in place
 and writes the layer's layout, so none of the rearrange/contiguous copies around the public op are

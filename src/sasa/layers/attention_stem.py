@@ -1,4 +1,4 @@
-"""The attention stem with spatially-aware values (paper §3.2, SPEC §3)."""
+"""The attention stem with spatially-aware values (paper §3.2; contract: docs/stem.md)."""
 from __future__ import annotations
 
 import torch
