@@ -1,4 +1,6 @@
 """Every registered detector builds, runs forward/backward, and uses every parameter; sizes vs the paper."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -39,16 +41,40 @@ def test_forward_backward_every_parameter_used(name):
 
 
 def test_backbone_override_and_attention_head_layout():
+    """The paper's attention head: every spatial conv of FPN and subnets is attention, read-outs mix heads 1×1."""
+    from sasa.detection.model import AttentionReadout
+
     model = create_detector("retinanet_resnet26", num_classes=3, backbone="sa_resnet26", head="attention", **TINY)
     assert model.config.backbone == "sa_resnet26"
     assert hasattr(model.backbone.body, "stem")  # the attention stem
-    attention = [name for name, module in model.named_modules()
-                 if isinstance(module, LocalSelfAttention2d) and not name.startswith("backbone.body")]
-    # 3 FPN output convs + 4 classification + 4 box-regression convs; prediction convs stay convs
-    assert len(attention) == 11
-    assert isinstance(model.head.classification_head.cls_logits, nn.Conv2d)
-    assert isinstance(model.head.regression_head.bbox_reg, nn.Conv2d)
-    assert isinstance(model.backbone.fpn.extra_blocks.p6, nn.Conv2d)
+    outside = {name: module for name, module in model.named_modules() if not name.startswith("backbone.body")}
+    attention = [name for name, module in outside.items() if isinstance(module, LocalSelfAttention2d)]
+    # 3 FPN outputs + P6 + P7 + (4 + 1 read-out) per subnet
+    assert len(attention) == 15
+    spatial_convs = [name for name, module in outside.items() if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1)]
+    assert not spatial_convs
+    fpn = model.backbone.fpn
+    assert fpn.extra_blocks.p6.stride == 2 and fpn.extra_blocks.p7.stride == 2
+    cls, box = model.head.classification_head, model.head.regression_head
+    assert isinstance(cls.cls_logits, AttentionReadout) and isinstance(box.bbox_reg, AttentionReadout)
+    assert cls.cls_logits.mix.out_channels == 9 * 3 and box.bbox_reg.mix.out_channels == 9 * 4
+    assert all(isinstance(block[0], LocalSelfAttention2d) for block in [*cls.conv, *box.conv, *fpn.layer_blocks])
+
+
+def test_attention_head_init():
+    """Subnets' W_V ~ N(0, 0.01²); read-out keeps the class prior bias; FPN attention keeps the fan-in init."""
+    model = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, fpn_channels=256)
+    cls, box = model.head.classification_head, model.head.regression_head
+    for layer in [*(block[0] for block in [*cls.conv, *box.conv]), cls.cls_logits.attention, box.bbox_reg.attention]:
+        q, k, v = layer.qkv.weight.chunk(3)
+        assert abs(v.std().item() - 0.01) < 0.001, v.std()
+        assert abs(q.std().item() - 256**-0.5) < 0.005, q.std()  # fan-in
+    prior = -math.log((1 - 0.01) / 0.01)
+    assert torch.allclose(cls.cls_logits.mix.bias, torch.full((27,), prior))
+    assert torch.all(box.bbox_reg.mix.bias == 0)
+    assert abs(cls.cls_logits.mix.weight.std().item() - 0.01) < 0.002
+    fpn_v = model.backbone.fpn.layer_blocks[0][0].qkv.weight.chunk(3)[2]
+    assert abs(fpn_v.std().item() - 256**-0.5) < 0.005
 
 
 def test_bad_names_and_options():
@@ -62,21 +88,40 @@ def test_bad_names_and_options():
         create_detector("retinanet_resnet26", num_classes=3, backbone="resnet99")
 
 
-# paper §4.2 (SPEC §6), 80 COCO classes: params in millions
+# paper §4.2 (SPEC §6), 80 COCO classes: params in millions, and our relative distance to it. Conv heads:
+# within 2% (torchvision's RetinaNet has 0.4M more than the paper's conv baseline). Attention heads: the
+# paper's description gives 20.1M, not 22.0M: 9% fewer (the arithmetic is in the README)
 PAPER_PARAMS = {
-    "retinanet_resnet50": 33.4,
-    "retinanet_sa_resnet50_convstem": 25.9,
-    "retinanet_sa_resnet50": 25.9,
-    "retinanet_sa_resnet50_convstem_attnhead": 22.0,
-    "retinanet_sa_resnet50_attnhead": 22.0,
+    "retinanet_resnet50": (33.4, 0.02),
+    "retinanet_sa_resnet50_convstem": (25.9, 0.02),
+    "retinanet_sa_resnet50": (25.9, 0.02),
+    "retinanet_sa_resnet50_convstem_attnhead": (22.0, 0.10),
+    "retinanet_sa_resnet50_attnhead": (22.0, 0.10),
 }
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
 def test_param_counts_near_the_paper(name):
     params = count_params(create_detector(name, num_classes=80)) / 1e6
-    # within 2%: torchvision's RetinaNet has 0.4M more than the paper's conv baseline (see README)
-    assert abs(params - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < 0.02, params
+    paper, tolerance = PAPER_PARAMS[name]
+    assert abs(params - paper) / paper < tolerance, params
+
+
+@pytest.fixture(scope="module")
+def conv_profile_640():
+    from sasa.detection import profile_detector
+
+    return profile_detector("retinanet_resnet50", img_size=640)
+
+
+@pytest.mark.parametrize("name", ["retinanet_sa_resnet50_attnhead", "retinanet_sa_resnet50_convstem_attnhead"])
+def test_full_attention_ratios_at_640(name, conv_profile_640):
+    """The abstract's headline: full attention has 39% fewer FLOPs and 34% fewer parameters than conv (SPEC §6)."""
+    from sasa.detection import profile_detector
+
+    attention = profile_detector(name, img_size=640)
+    assert attention["flops"] / conv_profile_640["flops"] <= 0.64
+    assert attention["params"] / conv_profile_640["params"] <= 0.70
 
 
 def test_meta_profile_equals_full_forward():
@@ -90,11 +135,11 @@ def test_meta_profile_equals_full_forward():
 
 
 def test_attention_head_residual_option():
-    """head_residual wraps each head/FPN attention as x + attn(x) (no parameters); False: plain replacement."""
+    """head_residual wraps each FPN/subnet attention as x + attn(x) (no parameters); default: the paper's plain form."""
     from sasa.detection.model import ResidualAttention
 
-    residual = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, **TINY)
-    plain = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, head_residual=False, **TINY)
+    residual = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, head_residual=True, **TINY)
+    plain = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, **TINY)
     assert residual.config.head_residual and not plain.config.head_residual
     assert isinstance(residual.head.classification_head.conv[0][0], ResidualAttention)
     assert isinstance(residual.backbone.fpn.layer_blocks[0][0], ResidualAttention)

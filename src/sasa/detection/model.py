@@ -4,29 +4,33 @@ Anchors, box coding, matching, focal loss, NMS and the resize/normalise transfor
 torchvision's (``torchvision.models.detection.RetinaNet``); this module only chooses the
 backbone and which spatial layers of the FPN and the heads are attention.
 
-``head="attention"`` (paper §4.2: spatial convolutions of the FPN and of the detection heads
-replaced by self-attention) replaces, with the head mixer (LocalSelfAttention2d, 256 → 256, options from
-``DetectorConfig.attention``):
-  * the 3×3 output convs of the FPN at P3, P4 and P5 (``backbone.fpn.layer_blocks[i][0]``),
-  * the four 3×3 convs of the classification subnet and the four of the box subnet
-    (``head.{classification,regression}_head.conv[i][0]``), each still followed by
-    GroupNorm + ReLU as in torchvision's RetinaNet v2 head.
-With ``head_residual=True`` (the default) each of these 11 attention layers is wrapped as
-``x + attn(x)`` (:class:`ResidualAttention`; no parameters, no counted FLOPs): a documented
-departure from the paper's plain replacement, which trains far more slowly on the shapes set
-(README, detection section). ``head_residual=False`` gives the plain replacement.
-It keeps as convolutions, by decision:
-  * the final 3×3 prediction convs (``cls_logits``, ``bbox_reg``): they are the linear read-out of
-    the 9 anchors × classes, initialised with the focal-loss prior (bias −log((1−π)/π)); attention
-    would replace a 256 → 9·K read-out with a 256 → 9·K attention whose values have no bias to
-    carry that prior;
-  * the stride-2 3×3 convs making P6 and P7 (``LastLevelP6P7``): they are downsamplers, not
-    same-resolution spatial mixers, and each runs on ≤ 1/64 of the P3 pixels;
-  * the 1×1 lateral convs (not spatial).
+``head="attention"`` is the paper's attention detector (appendix A.3, SPEC §6): every spatial
+convolution of the FPN and of the class and box subnets becomes the head mixer (LocalSelfAttention2d,
+options from ``DetectorConfig.attention``, by default k=7, 8 heads) of the same width (C → C):
+  * the 3×3 output convs of the FPN at P3, P4, P5 (``backbone.fpn.layer_blocks[i][0]``);
+  * the stride-2 3×3 convs making P6 and P7 (``backbone.fpn.extra_blocks.p6/p7``): attention at the
+    input resolution, then a 2×2 average pool with stride 2 (as strided attention in the backbone);
+  * the four 3×3 convs of each subnet (``head.{classification,regression}_head.conv[i][0]``), each
+    still followed by GroupNorm + ReLU (torchvision's RetinaNet v2 head);
+  * the last layer of each subnet (``cls_logits``, ``bbox_reg``): attention C → C followed by the
+    pointwise conv that mixes the heads into the 9·K class logits or 9·4 box deltas
+    (:class:`AttentionReadout`).
+Initialisation: the subnets' W_V from N(0, 0.01²) as RetinaNet initialises its head convs, W_Q and
+W_K fan-in normal (the q·k logits start O(1), as in the backbone); the read-out's pointwise conv
+N(0, 0.01²) with the bias of the conv it replaces, so the class prior bias −log((1−π)/π) is kept.
+The FPN's attention keeps the fan-in init throughout. The 1×1 lateral convs stay (not spatial).
+``head_qk_init="tied"`` starts W_K = W_Q (× ``head_qk_gain``) in the FPN and subnet attention.
+Another registered mixer as ``head`` takes the same places with its own init.
+
+``head_residual=True`` (a named option, off by default) wraps the FPN output and the 4+4 subnet
+attention layers as ``x + attn(x)`` (:class:`ResidualAttention`; no parameters, no counted FLOPs).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -38,7 +42,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from sasa.detection.config import DETECTOR_CONFIGS, DetectorConfig, norm_groups
 from sasa.detection.resize import ClampedResizeTransform
-from sasa.layers import create_spatial_mixer
+from sasa.engine.io import load_weights
+from sasa.layers import LocalSelfAttention2d, create_spatial_mixer
 from sasa.models import create_model
 from sasa.models.registry import resolve_config
 from sasa.profile import count_flops, count_params
@@ -72,21 +77,21 @@ def build_backbone_with_fpn(config: DetectorConfig) -> BackboneWithFPN:
     shared = type(resolve_config(config.backbone).attention) is type(config.attention)
     resnet = create_model(config.backbone, num_classes=0, attention=config.attention if shared else None)
     channels = [width * resnet.config.expansion for width in resnet.config.widths[1:]]
-    return BackboneWithFPN(
+    backbone = BackboneWithFPN(
         resnet,
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
         in_channels_list=channels,
         out_channels=config.fpn_channels,
         extra_blocks=LastLevelP6P7(config.fpn_channels, config.fpn_channels),
     )
+    backbone.body.config = resnet.config  # what load_backbone_weights_ checks a classifier against
+    return backbone
 
 
 class ResidualAttention(nn.Module):
-    """``x + attention(x)``: the attention layer of an FPN output or head block with an identity path.
+    """``x + mixer(x)``: an FPN output or subnet layer with an identity path (``head_residual``).
 
-    At init the 7×7 attention is near-uniform (a blur); without the identity, the 4 stacked head
-    layers blur P3..P7 beyond what the 3×3 read-out can localise, and training stalls on the shapes
-    set (README). The addition has no parameters and no counted FLOPs.
+    Not the paper's form; kept as an option. The addition has no parameters and no counted FLOPs.
     """
 
     def __init__(self, attention: nn.Module) -> None:
@@ -97,19 +102,71 @@ class ResidualAttention(nn.Module):
         return x + self.attention(x)
 
 
-def _head_mixer(config: DetectorConfig) -> nn.Module:
-    layer = create_spatial_mixer(config.head, config.fpn_channels, config.fpn_channels, config=config.attention)
+class AttentionReadout(nn.Module):
+    """The last layer of a subnet in the paper's attention head: (B, C, H, W) -> (B, out_channels, H, W).
+
+    The head mixer C → C, then a 1×1 conv mixing its heads into the outputs (9·K logits or 9·4 deltas).
+    """
+
+    def __init__(self, attention: nn.Module, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.attention = attention
+        self.mix = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.attention(x))
+
+
+# torchvision's init of the head convs (RetinaNet): N(0, 0.01²), applied to the subnets' W_V
+HEAD_INIT_STD = 0.01
+
+
+def _head_mixer(in_channels: int, config: DetectorConfig, *, stride: int = 1,
+                value_std: float | None = None) -> nn.Module:
+    """The ``config.head`` mixer in_channels → fpn_channels; local attention gets the head init:
+    ``head_qk_init`` for W_Q/W_K and, given ``value_std``, W_V from N(0, value_std²)."""
+    layer = create_spatial_mixer(config.head, in_channels, config.fpn_channels, stride=stride, config=config.attention)
+    if isinstance(layer, LocalSelfAttention2d):
+        c = layer.out_channels
+        with torch.no_grad():  # qkv's output channels are [q | k | v], fan-in initialised
+            if config.head_qk_init == "tied":
+                # W_K = W_Q, both × head_qk_gain: q·k starts as a similarity of features, so each pixel
+                # attends to itself and pixels like it (an edge-preserving filter), not a random blur
+                layer.qkv.weight[:c].mul_(config.head_qk_gain)
+                layer.qkv.weight[c : 2 * c].copy_(layer.qkv.weight[:c])
+            if value_std is not None:
+                layer.qkv.weight[2 * c :].normal_(0.0, value_std)
+    return layer
+
+
+def _same_width_layer(config: DetectorConfig, *, value_std: float | None = None) -> nn.Module:
+    layer = _head_mixer(config.fpn_channels, config, value_std=value_std)
     return ResidualAttention(layer) if config.head_residual else layer
 
 
+def _readout(conv: nn.Conv2d, config: DetectorConfig) -> AttentionReadout:
+    """The read-out replacing prediction conv ``conv``, keeping its bias init (the class prior)."""
+    mixer = _head_mixer(conv.in_channels, config, value_std=HEAD_INIT_STD)
+    readout = AttentionReadout(mixer, config.fpn_channels, conv.out_channels)
+    nn.init.normal_(readout.mix.weight, std=HEAD_INIT_STD)
+    with torch.no_grad():
+        readout.mix.bias.copy_(conv.bias)
+    return readout
+
+
 def replace_head_mixers_(backbone: BackboneWithFPN, head: RetinaNetHead, config: DetectorConfig) -> None:
-    """In place: the FPN's 3×3 output convs and the 4+4 head convs become the ``config.head`` mixer
-    (each wrapped as ``x + mixer(x)`` when ``config.head_residual``)."""
+    """In place: every spatial conv of the FPN and of the class/box subnets becomes the ``config.head``
+    mixer (module docstring)."""
     for block in backbone.fpn.layer_blocks:
-        block[0] = _head_mixer(config)
+        block[0] = _same_width_layer(config)
+    extra = backbone.fpn.extra_blocks
+    extra.p6 = _head_mixer(extra.p6.in_channels, config, stride=2)
+    extra.p7 = _head_mixer(config.fpn_channels, config, stride=2)
     for subnet in (head.classification_head, head.regression_head):
         for block in subnet.conv:
-            block[0] = _head_mixer(config)
+            block[0] = _same_width_layer(config, value_std=HEAD_INIT_STD)
+    head.classification_head.cls_logits = _readout(head.classification_head.cls_logits, config)
+    head.regression_head.bbox_reg = _readout(head.regression_head.bbox_reg, config)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -180,3 +237,47 @@ def profile_detector(name: str, *, img_size: int, num_classes: int = 80, full_fo
         features = list(model.backbone(image).values())
         flops = count_flops(model.backbone, inputs=image) + count_flops(model.head, inputs=features)
     return {**row, "flops": flops, "backbone_flops": backbone_flops, "img_size": img_size, "num_classes": num_classes}
+
+
+def _weight_options(options):
+    """Backbone options as JSON values, without ``backend`` (how attention runs, not what it computes)."""
+    if dataclasses.is_dataclass(options):
+        options = json.loads(json.dumps(dataclasses.asdict(options)))
+    if isinstance(options, dict):
+        return {key: _weight_options(value) for key, value in options.items() if key != "backend"}
+    return options
+
+
+def load_backbone_weights_(detector: RetinaNet, checkpoint: str | Path) -> dict:
+    """In place: the detector's ResNet backbone takes the weights of a ``sasa train`` classifier checkpoint.
+
+    The classifier must be the same registered model with the same options as the backbone (the
+    attention backend aside); otherwise a ValueError names both. The classifier's ``fc`` is dropped.
+    Returns the checkpoint's metadata.
+    """
+    state, metadata = load_weights(checkpoint)
+    if "model_config" not in metadata or metadata.get("task") == "detection":
+        raise ValueError(f"--backbone-weights {str(checkpoint)!r} is not a classifier checkpoint written by `sasa train`")
+    body = detector.backbone.body
+    backbone = detector.config.backbone
+    if metadata["model"] != backbone:
+        raise ValueError(f"--backbone-weights {str(checkpoint)!r} holds a {metadata['model']!r} classifier; "
+                         f"the detector's backbone is {backbone!r}")
+    ours, theirs = _weight_options(body.config), _weight_options(metadata["model_config"])
+    if ours != theirs:
+        differ = sorted(key for key in {*ours, *theirs} if ours.get(key) != theirs.get(key))
+        raise ValueError(
+            f"--backbone-weights {str(checkpoint)!r}: its {metadata['model']!r} was built with "
+            + ", ".join(f"{key}={theirs.get(key)!r}" for key in differ) + "; the detector's backbone has "
+            + ", ".join(f"{key}={ours.get(key)!r}" for key in differ)
+        )
+    if int(metadata.get("in_chans", 3)) != 3:
+        raise ValueError(f"--backbone-weights {str(checkpoint)!r} takes {metadata['in_chans']}-channel images; "
+                         "detectors take RGB (3)")
+    wanted = body.state_dict()
+    missing = sorted(key for key in wanted if key not in state)
+    if missing:
+        raise ValueError(f"--backbone-weights {str(checkpoint)!r} lacks backbone tensors, e.g. {missing[:3]}")
+    body.load_state_dict({key: state[key] for key in wanted})
+    return metadata
+
