@@ -32,6 +32,14 @@ def add_parser(subparsers) -> None:
     shapes.add_argument("--max-objects", type=positive_int, default=4)
     shapes.add_argument("--seed", type=non_negative_int, default=0)
     shapes.set_defaults(func=run_detect_data_shapes)
+    crops = kinds.add_parser("shape-crops", help="a shape-crop classification set (ImageFolder) for backbone pre-training")
+    crops.add_argument("--out", required=True, help="output folder (train/CLASS/*.png, val/CLASS/*.png)")
+    crops.add_argument("--num-train", type=positive_int, default=1000, help="shapes images to cut crops from")
+    crops.add_argument("--num-val", type=positive_int, default=200)
+    crops.add_argument("--img-size", type=positive_int, default=96, help="size of the shapes images")
+    crops.add_argument("--crop-size", type=positive_int, default=32)
+    crops.add_argument("--seed", type=non_negative_int, default=0)
+    crops.set_defaults(func=run_detect_data_crops)
     check = kinds.add_parser("check", help="validate a COCO detection file and report what loading would skip")
     check.add_argument("--images", required=True, help="image folder")
     check.add_argument("--ann", required=True, help="COCO annotation json")
@@ -52,6 +60,10 @@ def add_parser(subparsers) -> None:
     train.add_argument("--model", help="detector name, see `sasa detectors` (shapes: retinanet_resnet26)")
     train.add_argument("--backbone", help="override the backbone: any `sasa models` name, e.g. sa_resnet26")
     train.add_argument("--head", choices=("conv", "attention"), help="spatial layers of the FPN and heads")
+    train.add_argument("--head-residual", action="store_true", default=None,
+                       help="--head attention: x + attn(x) in the FPN and subnets (not the paper's form)")
+    train.add_argument("--head-qk-init", choices=("fan_in", "tied"), help="--head attention: W_Q/W_K init")
+    train.add_argument("--head-qk-gain", type=positive_float, help="--head-qk-init tied: scale of W_Q = W_K")
     train.add_argument("--kernel-size", type=positive_int)
     train.add_argument("--num-heads", type=positive_int)
     train.add_argument("--backend", help="local_attention2d backend (default auto)")
@@ -61,6 +73,11 @@ def add_parser(subparsers) -> None:
     train.add_argument("--max-size", type=positive_int, help="... and the long side at most this")
     train.add_argument("--fpn-channels", type=positive_int, help="FPN/head width (shapes: 64, coco: 256)")
     train.add_argument("--anchor-size", type=positive_int, help="P3 anchor base size (shapes: 12, coco: 32)")
+    train.add_argument("--backbone-weights", metavar="CKPT",
+                       help="start the backbone from a `sasa train` checkpoint of the same model and options")
+    train.add_argument("--scale-jitter", type=positive_float, nargs=2, metavar=("MIN", "MAX"),
+                       help="multiscale jitter: long side max-size×U(MIN, MAX), then a random crop to max-size "
+                            "(coco: 0.8 1.2, a range the paper does not state; shapes: off)")
     train.add_argument("--epochs", type=positive_int)
     train.add_argument("--batch-size", type=positive_int, help="per process")
     train.add_argument("--opt", choices=("sgd", "adamw"))
@@ -111,6 +128,16 @@ def run_detect_data_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_detect_data_crops(args: argparse.Namespace) -> int:
+    from sasa.detection.shapes import generate_shape_crops
+
+    out = generate_shape_crops(args.out, num_train=args.num_train, num_val=args.num_val, img_size=args.img_size,
+                               crop_size=args.crop_size, seed=args.seed)
+    counts = {split: sum(1 for _ in (out / split).glob("*/*.png")) for split in ("train", "val")}
+    print(f"wrote {counts['train']} train and {counts['val']} val crops to {out} (train `sasa train --data {out}`)")
+    return 0
+
+
 def run_detect_data_check(args: argparse.Namespace) -> int:
     from sasa.detection.data import load_coco
 
@@ -121,9 +148,10 @@ def run_detect_data_check(args: argparse.Namespace) -> int:
 
 TRAIN_OPTION_KEYS = (
     "data", "images", "ann", "val_images", "val_ann", "shapes_train", "shapes_val", "shapes_seed", "model", "backbone",
-    "head", "kernel_size", "num_heads", "backend", "img_size", "min_size", "max_size", "fpn_channels", "anchor_size",
+    "head", "head_residual", "head_qk_init", "head_qk_gain", "kernel_size", "num_heads", "backend", "img_size",
+    "min_size", "max_size", "fpn_channels", "anchor_size",
     "epochs", "batch_size", "opt", "lr", "weight_decay", "warmup_epochs", "grad_clip", "amp", "seed", "workers",
-    "stop_after",
+    "stop_after", "backbone_weights", "scale_jitter",
 )
 
 

@@ -17,7 +17,8 @@ from torch import nn
 
 from sasa.detection.data import CocoDetection, collate_detection
 from sasa.detection.evaluate import METRIC_NAMES, coco_evaluate, detections_to_coco
-from sasa.detection.model import create_detector, resolve_detector_config
+from sasa.detection.model import create_detector, load_backbone_weights_, resolve_detector_config
+from sasa.detection.transforms import DEFAULT_SCALE_RANGE, ScaleJitterDataset, skip_train_resize_
 from sasa.detection.shapes import ensure_shapes
 from sasa.engine import (
     DistributedContext,
@@ -46,18 +47,22 @@ SHAPES_RECIPE: dict[str, Any] = {
     "epochs": 12, "batch_size": 8, "opt": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 0.5,
     "grad_clip": 10.0,
 }
-# Real COCO (paper §4.2 as recalled: 150 epochs, batch 64, lr warmed up to 0.12 then cosine, images with a
-# max dimension of 640, horizontal flips; weight decay is the usual RetinaNet 1e-4 -- check the paper).
-# Not implemented: the paper's multiscale jitter.
+# Real COCO, the paper's appendix A.3 (SPEC §5): 150 epochs, global batch 64, lr warmed up linearly from 0 to
+# 0.12 over 1 epoch then cosine, multiscale jitter, crop to a maximum dimension of 640, flip with p=0.5 (always on
+# in training). Assumptions (not stated in the paper): SGD with Nesterov momentum 0.9, weight decay 1e-4 (the
+# usual RetinaNet value), no gradient clipping, jitter scales 0.8–1.2 (sasa.detection.transforms).
 COCO_RECIPE: dict[str, Any] = {
     "data": "coco", "model": "retinanet_sa_resnet50_attnhead", "img_size": 640, "fpn_channels": 256,
     "anchor_size": 32, "epochs": 150, "batch_size": 64, "opt": "sgd", "lr": 0.12, "weight_decay": 1e-4,
-    "warmup_epochs": 1.0, "grad_clip": None,
+    "warmup_epochs": 1.0, "grad_clip": None, "scale_jitter": list(DEFAULT_SCALE_RANGE),
 }
 COMMON_DEFAULTS: dict[str, Any] = {
-    "backbone": None, "head": None, "kernel_size": None, "num_heads": None, "backend": None,
+    "backbone": None, "head": None, "head_residual": None, "head_qk_init": None, "head_qk_gain": None,
+    "kernel_size": None, "num_heads": None, "backend": None,
     "min_size": None, "max_size": None, "amp": False, "seed": 0, "workers": 0, "sync_bn": True,
     "stop_after": None, "images": None, "ann": None, "val_images": None, "val_ann": None,
+    "backbone_weights": None,  # a `sasa train` classifier checkpoint of the backbone model
+    "scale_jitter": None,  # [min, max] multiscale jitter + crop to max_size (coco recipe: 0.8, 1.2); None: off
 }
 
 
@@ -76,6 +81,11 @@ def resolve_options(given: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"--data coco needs --images, --ann, --val-images and --val-ann (missing {flag})")
     options["min_size"] = options["min_size"] or options["img_size"]
     options["max_size"] = options["max_size"] or options["img_size"]
+    if options["scale_jitter"] is not None:
+        low, high = options["scale_jitter"]
+        if not 0 < low <= high:
+            raise ValueError(f"scale_jitter must be [min, max] with 0 < min <= max, got {options['scale_jitter']}")
+        options["scale_jitter"] = [float(low), float(high)]
     detector_overrides(options)  # validates the model options now, before any data is read
     return options
 
@@ -84,6 +94,7 @@ def detector_overrides(options: dict[str, Any]) -> dict[str, Any]:
     """The DetectorConfig overrides held in ``options``; raises for a bad model name or value."""
     overrides = {key: options.get(key) for key in (
         "backbone", "head", "kernel_size", "num_heads", "backend", "min_size", "max_size", "fpn_channels", "anchor_size",
+        "head_residual", "head_qk_init", "head_qk_gain",
     )}
     resolve_detector_config(options["model"], **overrides)
     return overrides
@@ -209,6 +220,12 @@ def train(options: dict[str, Any], *, out: str, resume: bool = False, force: boo
 
         seed_everything(options["seed"])
         model = create_detector(options["model"], num_classes=train_set.num_classes, **detector_overrides(options))
+        if options.get("backbone_weights") and not resume:  # a resumed run loads its own checkpoint
+            source = load_backbone_weights_(model, options["backbone_weights"])
+            progress.info(f"backbone {model.config.backbone} from {options['backbone_weights']} "
+                          f"(a classifier trained on {source.get('data')!r})")
+        if options.get("scale_jitter"):
+            skip_train_resize_(model)
         if not resume and ctx.is_main:
             run.write_config({"options": options, "data": paths, "world_size": ctx.world_size,
                               "detector_config": dataclasses.asdict(model.config),
@@ -216,6 +233,8 @@ def train(options: dict[str, Any], *, out: str, resume: bool = False, force: boo
         metadata = checkpoint_metadata(options, model, train_set)
         model = wrap_model(model, ctx, sync_bn=options["sync_bn"] and ctx.device.type == "cuda")  # GPU-only layer
         batch = options["batch_size"]
+        if options.get("scale_jitter"):
+            train_set = ScaleJitterDataset(train_set, size=options["max_size"], scale_range=tuple(options["scale_jitter"]))
         train_loader = make_loader(train_set, batch_size=batch, train=True, ctx=ctx, seed=options["seed"],
                                    workers=options["workers"], collate_fn=collate_detection)
         val_loader = make_loader(val_set, batch_size=batch, train=False, ctx=ctx, workers=options["workers"],

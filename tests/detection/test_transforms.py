@@ -1,0 +1,61 @@
+"""Multiscale jitter + crop: image sizes, box geometry, and the detector not resizing jittered images."""
+import torch
+
+from sasa.detection import create_detector
+from sasa.detection.transforms import ScaleJitterDataset, scale_jitter, skip_train_resize_
+
+
+def _square_image(box, height=60, width=100):
+    image = torch.zeros(3, height, width)
+    x0, y0, x1, y1 = box
+    image[:, y0:y1, x0:x1] = 1.0
+    return image, {"boxes": torch.tensor([box], dtype=torch.float32), "labels": torch.tensor([2])}
+
+
+def _bright_box(image):
+    ys, xs = torch.nonzero(image[0] > 0.5, as_tuple=True)
+    return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+
+
+def test_scale_one_keeps_the_eval_scale():
+    image, target = _square_image((10, 20, 40, 50))
+    out, new = scale_jitter(image, target, size=100, scale=1.0)
+    assert out.shape == (3, 60, 100)  # long side = size, nothing cropped
+    assert torch.equal(new["boxes"], target["boxes"]) and torch.equal(new["labels"], target["labels"])
+
+
+def test_boxes_follow_the_pixels_through_resize_and_crop():
+    torch.manual_seed(0)
+    for scale in (0.5, 0.8, 1.3, 2.0):
+        for _ in range(5):
+            image, target = _square_image((30, 12, 70, 44))
+            out, new = scale_jitter(image, target, size=100, scale=scale)
+            assert max(out.shape[-2:]) <= 100 and max(out.shape[-2:]) == min(100, round(100 * scale))
+            if len(new["boxes"]):
+                assert torch.allclose(new["boxes"][0], _bright_box(out), atol=1.0), (scale, new["boxes"])
+                assert new["labels"].tolist() == [2]
+            else:  # the square was cropped away entirely
+                assert not (out[0] > 0.5).any()
+
+
+def test_boxes_outside_the_crop_are_dropped():
+    image = torch.zeros(3, 100, 100)
+    target = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [90.0, 90.0, 100.0, 100.0]]), "labels": torch.tensor([0, 1])}
+    _, new = scale_jitter(image, target, size=50, scale=2.0)  # 100 px -> 100 px, a 50×50 window: one corner at most
+    assert len(new["boxes"]) <= 1 and len(new["boxes"]) == len(new["labels"])
+    assert (new["boxes"] >= 0).all() and (new["boxes"] <= 50).all()
+
+
+def test_dataset_and_detector_keep_the_jittered_size():
+    images = [_square_image((10, 20, 40, 50)) for _ in range(4)]
+    dataset = ScaleJitterDataset(images, size=64, scale_range=(0.8, 1.2))
+    sizes = {max(dataset[i][0].shape[-2:]) for i in range(4) for _ in range(5)}
+    assert all(52 <= size <= 64 for size in sizes) and len(sizes) > 1
+    detector = create_detector("retinanet_resnet26", num_classes=3, fpn_channels=32, min_size=64, max_size=64)
+    skip_train_resize_(detector)
+    image = torch.rand(3, 40, 52)
+    detector.train()
+    batch, _ = detector.transform([image], [{"boxes": torch.tensor([[1.0, 1, 9, 9]]), "labels": torch.tensor([0])}])
+    assert batch.image_sizes == [(40, 52)]
+    detector.eval()  # evaluation still resizes: long side 64
+    assert detector.transform([image])[0].image_sizes == [(49, 64)]
