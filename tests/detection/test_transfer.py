@@ -1,4 +1,6 @@
 """Backbone transfer: a `sasa train` classifier on shape crops -> `sasa detect-train --backbone-weights`."""
+import json
+
 import pytest
 import torch
 
@@ -50,7 +52,9 @@ def test_detect_train_starts_from_the_classifier(classifier, tmp_path, monkeypat
     monkeypatch.setenv("SASA_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "det"
     assert main(["detect-train", "--out", str(run), "--model", "retinanet_resnet26", *TINY_DET, "--epochs", "1",
-                 "--lr", "1e-12", "--weight-decay", "0", "--backbone-weights", str(classifier)]) == 0
+                 "--lr", "1e-12", "--weight-decay", "0", "--backbone-weights", str(classifier),
+                 "--scale-jitter", "0.8", "1.2"]) == 0  # jitter too: the pipeline runs with it
+    assert json.loads((run / "config.json").read_text())["options"]["scale_jitter"] == [0.8, 1.2]
     detector, _ = load_weights(run / "last.safetensors")
     classifier_state, _ = load_weights(classifier)
     body = create_detector("retinanet_resnet26", num_classes=3, fpn_channels=32).backbone.body

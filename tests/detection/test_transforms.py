@@ -1,4 +1,5 @@
 """Multiscale jitter + crop: image sizes, box geometry, and the detector not resizing jittered images."""
+import pytest
 import torch
 
 from sasa.detection import create_detector
@@ -59,3 +60,13 @@ def test_dataset_and_detector_keep_the_jittered_size():
     assert batch.image_sizes == [(40, 52)]
     detector.eval()  # evaluation still resizes: long side 64
     assert detector.transform([image])[0].image_sizes == [(49, 64)]
+
+
+def test_coco_recipe_jitters_and_bad_ranges_fail():
+    from sasa.detection.train import resolve_options
+
+    paths = {"images": "i", "ann": "a.json", "val_images": "v", "val_ann": "v.json"}
+    assert resolve_options({"data": "coco", **paths})["scale_jitter"] == [0.8, 1.2]
+    assert resolve_options({"data": "shapes"})["scale_jitter"] is None
+    with pytest.raises(ValueError, match="scale_jitter"):
+        resolve_options({"data": "shapes", "scale_jitter": [1.2, 0.8]})
