@@ -115,7 +115,8 @@ class AttentionStem(nn.Module):
             and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
             and type(self.bn) is nn.BatchNorm2d and self.bn.affine and type(self.relu) is nn.ReLU
             and x.numel() > 0 and x.shape[-2] % s == 0 and x.shape[-1] % s == 0
-            and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
+            and x.dtype in (torch.float32, torch.float64) and x.device.type != "meta"  # profiling: shapes only
+            and not torch.is_autocast_enabled(x.device.type)
         )
 
     def _attend_bn_relu_pool(self, x: torch.Tensor) -> torch.Tensor:
