@@ -149,15 +149,3 @@ def test_attention_head_residual_option():
     block = residual.head.classification_head.conv[0][0]
     assert torch.allclose(block(x), x + block.attention(x))
 
-
-def test_tied_qk_init():
-    """head_qk_init="tied": W_K = W_Q = gain × the fan-in draw, in the FPN and subnet attention; W_V as before."""
-    model = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, fpn_channels=256, head_qk_init="tied",
-                            head_qk_gain=2.0)
-    cls = model.head.classification_head
-    for layer in (model.backbone.fpn.layer_blocks[0][0], cls.conv[0][0], cls.cls_logits.attention):
-        q, k, v = layer.qkv.weight.chunk(3)
-        assert torch.equal(q, k) and abs(q.std().item() - 2 * 256**-0.5) < 0.01
-    assert abs(cls.conv[0][0].qkv.weight.chunk(3)[2].std().item() - 0.01) < 0.001
-    with pytest.raises(ValueError, match="head_qk_init"):
-        resolve_detector_config("retinanet_sa_resnet26_attnhead", head_qk_init="orthogonal")

@@ -63,3 +63,15 @@ def test_detect_train_starts_from_the_classifier(classifier, tmp_path, monkeypat
     assert main(["detect-train", "--out", str(tmp_path / "bad"), "--model", "retinanet_sa_resnet26", *TINY_DET,
                  "--epochs", "1", "--backbone-weights", str(classifier)]) == 2
     assert "backbone is 'sa_resnet26'" in capsys.readouterr().err
+
+
+def test_option_comparison_is_flat_and_ignores_the_backend():
+    """Checkpoints written before the attention options were grouped (flat keys, attention=None) still match."""
+    from sasa.detection.model import _weight_options
+    from sasa.models.registry import resolve_config
+
+    grouped = _weight_options(resolve_config("sa_resnet26"))
+    legacy = {key: value for key, value in grouped.items()}
+    legacy.update({"attention": None, "backend": "reference"})
+    assert _weight_options(legacy) == grouped
+    assert grouped["kernel_size"] == 7 and "backend" not in grouped

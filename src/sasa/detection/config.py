@@ -16,7 +16,6 @@ from sasa.models import list_models
 from sasa.registry import unknown_name_error
 
 HEAD_NORMS = ("group", "none")
-HEAD_QK_INITS = ("fan_in", "tied")
 
 
 def norm_groups(channels: int) -> int:
@@ -41,10 +40,6 @@ class DetectorConfig:
     # head != "conv" only, not the paper's form: the FPN output and 4+4 subnet layers add their input,
     # x + mixer(x) (before the subnet's GroupNorm + ReLU)
     head_residual: bool = False
-    # head="attention" only: W_Q, W_K of the FPN/subnet attention: "fan_in" (independent, as in the backbone)
-    # or "tied" (W_K = W_Q, times head_qk_gain: q·k starts as a similarity of features)
-    head_qk_init: str = "fan_in"
-    head_qk_gain: float = 2.0
     head_norm: str = "group"  # GroupNorm(32) after each head conv (torchvision's RetinaNet v2); "none": v1
     # GeneralizedRCNNTransform resizes so the short side is min_size, the long side at most max_size.
     # 640: the paper trained RetinaNet on crops with a max dimension of 640 (§4.2).
@@ -92,10 +87,7 @@ class DetectorConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not isinstance(self.head_residual, bool):
             raise TypeError(f"head_residual must be a bool, got {self.head_residual!r}")
-        if self.head_qk_init not in HEAD_QK_INITS:
-            raise ValueError(f"head_qk_init must be one of {HEAD_QK_INITS}, got {self.head_qk_init!r}")
-        if not (isinstance(self.head_qk_gain, (int, float)) and self.head_qk_gain > 0):
-            raise ValueError(f"head_qk_gain must be a positive number, got {self.head_qk_gain!r}")
+
 
 
 def _detector_configs() -> dict[str, DetectorConfig]:

@@ -19,7 +19,6 @@ Initialisation: the subnets' W_V from N(0, 0.01²) as RetinaNet initialises its 
 W_K fan-in normal (the q·k logits start O(1), as in the backbone); the read-out's pointwise conv
 N(0, 0.01²) with the bias of the conv it replaces, so the class prior bias −log((1−π)/π) is kept.
 The FPN's attention keeps the fan-in init throughout. The 1×1 lateral convs stay (not spatial).
-``head_qk_init="tied"`` starts W_K = W_Q (× ``head_qk_gain``) in the FPN and subnet attention.
 Another registered mixer as ``head`` takes the same places with its own init.
 
 ``head_residual=True`` (a named option, off by default) wraps the FPN output and the 4+4 subnet
@@ -123,19 +122,12 @@ HEAD_INIT_STD = 0.01
 
 def _head_mixer(in_channels: int, config: DetectorConfig, *, stride: int = 1,
                 value_std: float | None = None) -> nn.Module:
-    """The ``config.head`` mixer in_channels → fpn_channels; local attention gets the head init:
-    ``head_qk_init`` for W_Q/W_K and, given ``value_std``, W_V from N(0, value_std²)."""
+    """The ``config.head`` mixer in_channels → fpn_channels; given ``value_std``, a local attention's
+    W_V is drawn from N(0, value_std²) (W_Q, W_K keep the layer's fan-in init)."""
     layer = create_spatial_mixer(config.head, in_channels, config.fpn_channels, stride=stride, config=config.attention)
-    if isinstance(layer, LocalSelfAttention2d):
-        c = layer.out_channels
-        with torch.no_grad():  # qkv's output channels are [q | k | v], fan-in initialised
-            if config.head_qk_init == "tied":
-                # W_K = W_Q, both × head_qk_gain: q·k starts as a similarity of features, so each pixel
-                # attends to itself and pixels like it (an edge-preserving filter), not a random blur
-                layer.qkv.weight[:c].mul_(config.head_qk_gain)
-                layer.qkv.weight[c : 2 * c].copy_(layer.qkv.weight[:c])
-            if value_std is not None:
-                layer.qkv.weight[2 * c :].normal_(0.0, value_std)
+    if isinstance(layer, LocalSelfAttention2d) and value_std is not None:
+        with torch.no_grad():  # qkv's output channels are [q | k | v]
+            layer.qkv.weight[2 * layer.out_channels :].normal_(0.0, value_std)
     return layer
 
 
@@ -239,13 +231,19 @@ def profile_detector(name: str, *, img_size: int, num_classes: int = 80, full_fo
     return {**row, "flops": flops, "backbone_flops": backbone_flops, "img_size": img_size, "num_classes": num_classes}
 
 
-def _weight_options(options):
-    """Backbone options as JSON values, without ``backend`` (how attention runs, not what it computes)."""
+def _weight_options(options) -> dict:
+    """Backbone options as flat JSON values: nested option objects (``attention``) merged in, unset (None)
+    values and ``backend`` (how attention runs, not what it computes) left out. Flat, so that checkpoints
+    written before the options were grouped compare equal."""
     if dataclasses.is_dataclass(options):
         options = json.loads(json.dumps(dataclasses.asdict(options)))
-    if isinstance(options, dict):
-        return {key: _weight_options(value) for key, value in options.items() if key != "backend"}
-    return options
+    flat = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            flat.update(_weight_options(value))
+        elif value is not None and key != "backend":
+            flat[key] = value
+    return flat
 
 
 def load_backbone_weights_(detector: RetinaNet, checkpoint: str | Path) -> dict:
@@ -264,8 +262,9 @@ def load_backbone_weights_(detector: RetinaNet, checkpoint: str | Path) -> dict:
         raise ValueError(f"--backbone-weights {str(checkpoint)!r} holds a {metadata['model']!r} classifier; "
                          f"the detector's backbone is {backbone!r}")
     ours, theirs = _weight_options(body.config), _weight_options(metadata["model_config"])
-    if ours != theirs:
-        differ = sorted(key for key in {*ours, *theirs} if ours.get(key) != theirs.get(key))
+    # an option only one side names (added or removed since the checkpoint) counts at its default
+    differ = sorted(key for key in ours.keys() & theirs.keys() if ours[key] != theirs[key])
+    if differ:
         raise ValueError(
             f"--backbone-weights {str(checkpoint)!r}: its {metadata['model']!r} was built with "
             + ", ".join(f"{key}={theirs.get(key)!r}" for key in differ) + "; the detector's backbone has "

@@ -57,7 +57,7 @@ COCO_RECIPE: dict[str, Any] = {
     "warmup_epochs": 1.0, "grad_clip": None, "scale_jitter": list(DEFAULT_SCALE_RANGE),
 }
 COMMON_DEFAULTS: dict[str, Any] = {
-    "backbone": None, "head": None, "head_residual": None, "head_qk_init": None, "head_qk_gain": None,
+    "backbone": None, "head": None, "head_residual": None,
     "kernel_size": None, "num_heads": None, "backend": None,
     "min_size": None, "max_size": None, "amp": False, "seed": 0, "workers": 0, "sync_bn": True,
     "stop_after": None, "images": None, "ann": None, "val_images": None, "val_ann": None,
@@ -94,7 +94,7 @@ def detector_overrides(options: dict[str, Any]) -> dict[str, Any]:
     """The DetectorConfig overrides held in ``options``; raises for a bad model name or value."""
     overrides = {key: options.get(key) for key in (
         "backbone", "head", "kernel_size", "num_heads", "backend", "min_size", "max_size", "fpn_channels", "anchor_size",
-        "head_residual", "head_qk_init", "head_qk_gain",
+        "head_residual",
     )}
     resolve_detector_config(options["model"], **overrides)
     return overrides
