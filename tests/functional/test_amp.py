@@ -29,6 +29,9 @@ def test_item1_autocast_packed_entry():
     assert out.dtype == torch.bfloat16 and out.shape == (2, 8, 5, 5)
     out.float().sum().backward()
     assert torch.isfinite(rel_pos.grad).all()
+    q, k, v = (t.unflatten(1, (2, 4)).permute(0, 1, 3, 4, 2).double() for t in qkv.chunk(3, dim=1))
+    expected = local_attention2d_reference(q * 0.5, k, v, kernel_size=3, rel_pos=rel_pos.bfloat16().double())
+    torch.testing.assert_close(out.double(), expected.permute(0, 1, 4, 2, 3).flatten(1, 2), atol=2e-2, rtol=2e-2)
 
 
 def test_mixed_dtypes_without_autocast_still_refused():

@@ -321,3 +321,23 @@ def test_auto_on_cuda_is_not_a_cpu_backend():
     chosen = select_backend(q, k, v, kernel_size=ks, rel_pos=rel_pos, backend="auto")
     assert chosen.name != "cpu_fused"
     assert "needs CPU tensors" in cpu_fused.why_not(q, k, v, ks, rel_pos)
+
+
+@cuda
+@pytest.mark.parametrize("backend", ["flex", "natten"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_item1_cuda_large_logits_equal_to_float64(backend, dtype):
+    """The CUDA backends keep float32 logits too: logits ~1e4 give the float64 reference's output."""
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 2, 6, 7, 16, generator=gen, dtype=torch.float64) * s for s in (30.0, 30.0, 1.0))
+    rel = None if backend == "natten" else torch.randn(2, 5, 5, 16, generator=gen, dtype=torch.float64) * 30.0
+    q, k, v, rel = (None if t is None else t.to(dtype) for t in (q, k, v, rel))
+    args = [None if t is None else t.cuda() for t in (q, k, v, rel)]
+    if backend not in SF.registered_backends() or dict(SF.explain_backend(*args[:3], kernel_size=5, rel_pos=args[3]))[backend]:
+        pytest.skip(f"{backend} cannot run here")
+    out = SF.local_attention2d(*args[:3], kernel_size=5, rel_pos=args[3], backend=backend).cpu()
+    assert torch.isfinite(out).all()
+    expected = local_attention2d_reference(q.double(), k.double(), v.double(), kernel_size=5,
+                                           rel_pos=None if rel is None else rel.double())
+    tol = dict(atol=1e-3, rtol=1e-3) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.double(), expected, **tol)

@@ -115,3 +115,14 @@ def test_item33_empty_batch_gives_empty_output():
     for name in ("resnet26", "sa_resnet26_convstem", "sa_resnet26"):
         model = sasa.create_model(name, num_classes=3).eval()
         assert model(torch.randn(0, 3, 32, 32)).shape == (0, 3), name
+
+
+def test_item13_positional_absolute_model_runs_at_any_size():
+    """create_model(..., positional="absolute") builds (no input_size needed) and runs at two image sizes."""
+    model = sasa.create_model("sa_resnet26", num_classes=3, positional="absolute").eval()
+    relative = sasa.create_model("sa_resnet26", num_classes=3)
+    assert sasa.count_params(relative) - sasa.count_params(model) == sum(
+        p.numel() for n, p in relative.named_parameters() if "rel_pos" in n and not n.startswith("stem")
+    )
+    for size in (32, 48):
+        assert model(torch.randn(1, 3, size, size)).shape == (1, 3)
