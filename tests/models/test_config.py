@@ -80,7 +80,7 @@ def test_detector_config_refuses_bad_values(overrides, error, match):
 def test_detector_config_checks_when_built_directly():
     with pytest.raises(ValueError, match="kernel_size must be a positive odd integer, got 4"):
         DetectorConfig(backbone="resnet26", attention={"kernel_size": 4})
-    with pytest.raises(TypeError, match="attention must be a AttentionConfig for head 'attention', got str"):
+    with pytest.raises(TypeError, match="spatial mixer 'attention' takes a AttentionConfig, got str"):
         DetectorConfig(head="attention", attention="k7")
 
 

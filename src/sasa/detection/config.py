@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sasa.functional._checks import check_integer
-from sasa.layers import SPATIAL_MIXERS, AttentionConfig, get_spatial_mixer
+from sasa.layers import SPATIAL_MIXERS, get_spatial_mixer
+from sasa.layers.spatial import resolve_mixer_options
 from sasa.models import list_models
 from sasa.registry import unknown_name_error
 
@@ -58,14 +59,7 @@ class DetectorConfig:
         if self.head not in SPATIAL_MIXERS:
             raise ValueError(f"head must be one of {sorted(SPATIAL_MIXERS)}, got {self.head!r}")
         mixer = get_spatial_mixer(self.head)
-        options_type = mixer.config_type or AttentionConfig
-        attention = self.attention
-        if attention is None:
-            attention = options_type()
-        elif isinstance(attention, dict):
-            attention = options_type(**attention)
-        elif not isinstance(attention, options_type):
-            raise TypeError(f"attention must be a {options_type.__name__} for head {self.head!r}, got {type(attention).__name__}")
+        attention = resolve_mixer_options(self.head, self.attention)
         object.__setattr__(self, "attention", attention)
         for name in ("fpn_channels", "min_size", "max_size", "anchor_size", "detections_per_img"):
             value = check_integer(name, getattr(self, name))

@@ -8,6 +8,7 @@ widths the mixer cannot take at construction (see ``sasa.models.config``).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -49,6 +50,20 @@ def get_spatial_mixer(name: str) -> SpatialMixer:
     if name not in SPATIAL_MIXERS:
         raise ValueError(f"spatial mixer must be one of {sorted(SPATIAL_MIXERS)}, got {name!r}")
     return SPATIAL_MIXERS[name]
+
+
+def resolve_mixer_options(name: str, options: Any) -> Any:
+    """``options`` as the options object of mixer ``name`` (None: its defaults; a mapping: converted).
+
+    A mixer that takes none (the conv) keeps local-attention options, so that overrides and a later
+    switch of mixer still apply; default options of another mixer's type (left over when an override
+    switched the mixer) become this mixer's defaults.
+    """
+    mixer = get_spatial_mixer(name)
+    owner = mixer if mixer.config_type is not None else get_spatial_mixer("attention")
+    if dataclasses.is_dataclass(options) and not isinstance(options, owner.config_type) and options == type(options)():
+        options = None
+    return owner.resolve_config(options)
 
 
 def create_spatial_mixer(name: str, in_channels: int, out_channels: int, *, stride: int = 1, config: Any = None) -> nn.Module:

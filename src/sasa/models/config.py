@@ -1,12 +1,12 @@
 """The one config that separates the baseline, conv-stem + attention, and full-attention ResNets (docs/models.md)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from sasa.functional._checks import check_integer
 from sasa.layers import SPATIAL_MIXERS, AttentionConfig, AxialConfig, get_spatial_mixer
+from sasa.layers.spatial import resolve_mixer_options
 
 BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
 STEMS = ("conv", "attention", "blocks")
@@ -19,12 +19,6 @@ def _positive_ints(name: str, values: Any, count: int) -> tuple[int, ...]:
     if min(result) <= 0:
         raise ValueError(f"{name} must be {count} positive integers, got {values!r}")
     return result
-
-
-def _is_default_of_other_type(options: Any, config_type: type) -> bool:
-    return (
-        dataclasses.is_dataclass(options) and not isinstance(options, config_type) and options == type(options)()
-    )
 
 
 @dataclass(frozen=True)
@@ -63,13 +57,8 @@ class ResNetConfig:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.spatial not in SPATIAL_MIXERS:
             raise ValueError(f"spatial must be one of {sorted(SPATIAL_MIXERS)}, got {self.spatial!r}")
-        mixer = get_spatial_mixer(self.spatial)
-        if mixer.config_type is None:  # the options stay available to overrides and to a later switch of mixer
-            set_("attention", get_spatial_mixer("attention").resolve_config(self.attention))
-        else:
-            if _is_default_of_other_type(self.attention, mixer.config_type):  # e.g. spatial switched by an override
-                set_("attention", None)
-            set_("attention", mixer.resolve_config(self.attention))
+        set_("attention", resolve_mixer_options(self.spatial, self.attention))
+        if get_spatial_mixer(self.spatial).config_type is not None:
             if hasattr(self.attention, "check_channels"):
                 for width in self.widths + ((self.stem_channels,) if self.stem == "blocks" else ()):
                     self.attention.check_channels(width)
