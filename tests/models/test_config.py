@@ -6,7 +6,7 @@ import pytest
 
 import sasa
 from sasa.detection import DetectorConfig, create_detector, resolve_detector_config
-from sasa.layers import AttentionConfig
+from sasa.layers import AttentionConfig, LocalSelfAttention2d
 from sasa.models import ResNetConfig
 from sasa.models.registry import resolve_config
 
@@ -88,6 +88,7 @@ def test_detector_attention_options_reach_backbone_and_heads():
     model = create_detector("retinanet_sa_resnet26_attnhead", num_classes=2, kernel_size=5, num_heads=4,
                             fpn_channels=64, min_size=64, max_size=64)
     assert model.backbone.body.layer2[0].conv2.kernel_size == 5
-    head_layer = model.head.classification_head.conv[0][0].attention
-    assert (head_layer.kernel_size, head_layer.num_heads) == (5, 4)
-    assert head_layer.qkv.weight.std().item() == pytest.approx(64**-0.5, rel=0.1)  # the layer's own init
+    head_layers = [m for m in model.head.modules() if isinstance(m, LocalSelfAttention2d)]
+    assert head_layers and all((m.kernel_size, m.num_heads) == (5, 4) for m in head_layers)
+    fpn_layer = next(m for m in model.backbone.fpn.modules() if isinstance(m, LocalSelfAttention2d))
+    assert fpn_layer.qkv.weight[:128].std().item() == pytest.approx(64**-0.5, rel=0.1)  # q, k: the layer's own init
