@@ -28,9 +28,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	SASA_SLOW=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# 1-thread figures in CPU time (robust on a shared machine), 2-thread ones in wall time; JSON in
+# bench_results/, and the README's speed tables rewritten from it.
+BENCH_THREADS ?= 1 2
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_op.py
-	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/bench_op.py --threads $(BENCH_THREADS) --clock process --skip chunked
+	$(BIN)/python benchmarks/bench_models.py --threads $(BENCH_THREADS) --clock process
+	$(BIN)/python benchmarks/update_readme.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -97,6 +97,27 @@ def attention_method(name, batch, heads, size, channels, ks, device, dtype):
     return Method(name, forward, fwd_bwd), runnable
 
 
+def packed_method(batch, heads, size, channels, ks, device, dtype):
+    """The layout-native entry on the layer's (B, 3C, H, W) projection (None if this sasa lacks it)."""
+    if not hasattr(SF, "local_attention2d_packed"):
+        return None
+    dim = channels // heads
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    qkv = torch.randn(batch, 3 * channels, size, size, generator=gen, dtype=dtype).to(device).requires_grad_(True)
+    rel = torch.randn(ks, ks, dim, generator=gen, dtype=dtype).to(device).requires_grad_(True)
+    grad_out = torch.randn(batch, channels, size, size, generator=gen, dtype=dtype).to(device)
+
+    def forward():
+        with torch.no_grad():
+            return SF.local_attention2d_packed(qkv, num_heads=heads, kernel_size=ks, rel_pos=rel, scale=dim**-0.5)
+
+    def fwd_bwd():
+        out = SF.local_attention2d_packed(qkv, num_heads=heads, kernel_size=ks, rel_pos=rel, scale=dim**-0.5)
+        torch.autograd.grad(out, [qkv, rel], grad_out)
+
+    return Method("packed", forward, fwd_bwd)
+
+
 def conv_method(batch, size, channels, device, dtype):
     conv = nn.Conv2d(channels, channels, 3, padding=1).to(device, dtype)
     x = torch.randn(batch, channels, size, size, device=device, dtype=dtype, requires_grad=True)
@@ -114,25 +135,28 @@ def conv_method(batch, size, channels, device, dtype):
 
 
 def time_methods(methods, device, repeats, which, clock=time.perf_counter):
+    """Interleaved rounds; returns {name: [seconds by `clock`]} and {name: [wall seconds]}."""
     samples = {m.name: [] for m in methods}
+    wall = {m.name: [] for m in methods}
     for round_ in range(repeats + 1):  # round 0 is the warm-up
         for m in methods:
             fn = m.forward if which == "fwd" else m.fwd_bwd
             _sync(device)
-            start = clock()
+            start, start_wall = clock(), time.perf_counter()
             fn()
             _sync(device)
             if round_ > 0:
                 samples[m.name].append(clock() - start)
-    return samples
+                wall[m.name].append(time.perf_counter() - start_wall)
+    return samples, wall
 
 
-def run(args):
+def run(args, threads=0):
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
     dtype = torch.float32
     batch, heads = 8, 8
     repeats = 2 if args.quick and args.repeats is None else (args.repeats or 5)
@@ -150,12 +174,20 @@ def run(args):
                     names.remove(n)
                     skipped[n] = "skipped by --skip"
         methods = [attention_method(n, batch, heads, size, channels, ks, device, dtype)[0] for n in names]
+        if "cpu_fused" in names:
+            packed = packed_method(batch, heads, size, channels, ks, device, dtype)
+            if packed is not None:
+                methods.append(packed)
         methods.append(conv_method(batch, size, channels, device, dtype))
         del probe
-        row = {"H": size, "W": size, "C": channels, "heads": heads, "D": channels // heads, "k": ks, "B": batch}
-        clock = time.process_time if args.clock == "process" else time.perf_counter
-        fwd = time_methods(methods, device, repeats, "fwd", clock)
-        fb = time_methods(methods, device, repeats, "fwd_bwd", clock)
+        row = {"H": size, "W": size, "C": channels, "heads": heads, "D": channels // heads, "k": ks, "B": batch,
+               "threads": torch.get_num_threads()}
+        # the process (CPU) clock only measures speed with one thread
+        use_process = args.clock == "process" and torch.get_num_threads() == 1
+        row["clock"] = "process" if use_process else "wall"
+        clock = time.process_time if use_process else time.perf_counter
+        fwd, fwd_wall = time_methods(methods, device, repeats, "fwd", clock)
+        fb, fb_wall = time_methods(methods, device, repeats, "fwd_bwd", clock)
         mem = {m.name: peak_memory(m.fwd_bwd, device) for m in methods} if not args.no_memory else {}
         row["methods"] = {
             m.name: {
@@ -163,6 +195,8 @@ def run(args):
                 "fwd_median_s": statistics.median(fwd[m.name]),
                 "fwd_bwd_min_s": min(fb[m.name]),
                 "fwd_bwd_median_s": statistics.median(fb[m.name]),
+                "fwd_wall_median_s": statistics.median(fwd_wall[m.name]),
+                "fwd_bwd_wall_median_s": statistics.median(fb_wall[m.name]),
                 "fwd_bwd_peak_bytes": mem.get(m.name),
             }
             for m in methods
@@ -178,7 +212,8 @@ def print_row(row):
     methods = row["methods"]
     conv = methods["conv3x3"]
     ref = methods.get("reference")
-    title = f"{row['H']}x{row['W']}x{row['C']}  k={row['k']}  (B={row['B']}, {row['heads']} heads of D={row['D']})"
+    title = (f"{row['H']}x{row['W']}x{row['C']}  k={row['k']}  (B={row['B']}, {row['heads']} heads of D={row['D']}; "
+             f"{row['threads']} threads, {row['clock']} clock)")
     print(f"\n{title}")
     header = f"{'method':<11}{'fwd ms':>9}{'x conv':>8}{'vs ref':>8}{'fwd+bwd ms':>12}{'x conv':>8}{'vs ref':>8}{'peak MB':>10}{'mem x conv':>11}"
     print(header)
@@ -199,30 +234,61 @@ def print_row(row):
         print(f"  (not run: {name}: {why})")
 
 
+def table(results):
+    """Markdown: the fused op (public and layout-native entry) against the 3x3 conv, per shape and thread count."""
+    lines = [
+        "| shape | threads | clock | fwd ms | × conv | fwd+bwd ms | × conv | layout-native fwd / fwd+bwd ms "
+        "| × conv | × faster than reference (fwd+bwd) | peak MB: fused / conv / reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results:
+        methods = row["methods"]
+        fused, conv = methods.get("cpu_fused") or methods.get("flex"), methods["conv3x3"]
+        if fused is None:
+            continue
+        packed, ref = methods.get("packed"), methods.get("reference")
+        shape = f"{row['H']}×{row['W']}×{row['C']}" + ("" if row["k"] == 7 else f", k={row['k']}")
+        mb = lambda m: "-" if m is None or m["fwd_bwd_peak_bytes"] is None else f"{m['fwd_bwd_peak_bytes'] / 2**20:.1f}"  # noqa: E731
+        native = native_x = "-"
+        if packed:
+            native = f"{packed['fwd_min_s'] * 1e3:.1f} / {packed['fwd_bwd_min_s'] * 1e3:.1f}"
+            native_x = f"{packed['fwd_min_s'] / conv['fwd_min_s']:.2f} / {packed['fwd_bwd_min_s'] / conv['fwd_bwd_min_s']:.2f}"
+        vs_ref = f"{ref['fwd_bwd_min_s'] / fused['fwd_bwd_min_s']:.0f}×" if ref else "-"
+        lines.append(
+            f"| {shape} | {row['threads']} | {'CPU' if row['clock'] == 'process' else 'wall'} "
+            f"| {fused['fwd_min_s'] * 1e3:.1f} | {fused['fwd_min_s'] / conv['fwd_min_s']:.2f} "
+            f"| {fused['fwd_bwd_min_s'] * 1e3:.1f} | {fused['fwd_bwd_min_s'] / conv['fwd_bwd_min_s']:.2f} "
+            f"| {native} | {native_x} | {vs_ref} | {mb(fused)} / {mb(conv)} / {mb(ref)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per shape (default 5, 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="two shapes, 2 repeats, reference skipped when slow")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[0],
+                        help="thread counts to run, one after the other (default: torch's)")
     parser.add_argument(
         "--clock",
         default="wall",
         choices=["wall", "process"],
-        help="wall: perf_counter; process: CPU time of the process (robust on a shared machine, "
-        "meaningful with --threads 1 since idle OpenMP threads may spin)",
+        help="wall: perf_counter; process: CPU time of the process (robust on a shared machine; used "
+        "only for 1-thread runs, several threads always use the wall clock)",
     )
     parser.add_argument("--skip", nargs="*", default=[], help="backend names not to run")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "bench_op.json"))
     args = parser.parse_args(argv)
-    results = run(args)
+    results = [row for threads in args.threads for row in run(args, threads)]
     meta = {
         "device": args.device,
         "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-        "threads": torch.get_num_threads(),
+        "threads": args.threads,
         "clock": args.clock,
+        "command": "python benchmarks/bench_op.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "torch": torch.__version__,
         "repeats": args.repeats,
         "quick": args.quick,
@@ -231,9 +297,13 @@ def main(argv=None):
         "memory": "fwd+bwd peak of live tensor bytes above the inputs (CPU: profiler memory timeline; "
         "CUDA: max_memory_allocated)",
     }
+    markdown = table(results)
+    print("\n" + markdown)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "results": results, "markdown": markdown}, indent=2))
+    tmp.replace(out)
     print(f"\nwrote {out}")
 
 

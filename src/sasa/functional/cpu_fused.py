@@ -7,8 +7,8 @@ The extension (``csrc/local_attention_cpu.cpp``) is JIT-compiled with
 Concurrent processes (pytest workers, torchrun ranks) serialise on an OS-level
 ``flock`` in that directory, released by the kernel if the holder dies, on top of the
 lock that ``cpp_extension`` itself takes; the second process finds the library built
-and only loads it. No ``-march=native``: the kernel carries a baseline and an AVX2+FMA
-copy chosen at run time, so a shared cache works on any x86-64 machine.
+and only loads it. No ``-march=native``: the kernel carries a baseline, an AVX2+FMA and an
+AVX-512 (16 float lanes) copy chosen at run time, so a shared cache works on any x86-64 machine.
 
 If the build fails (no compiler, no ninja, ...) the error is caught once, cached, logged
 as a warning, and ``why_not`` reports ``"compiler/extension unavailable: <reason>"`` so

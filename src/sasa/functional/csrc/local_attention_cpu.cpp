@@ -29,9 +29,11 @@
 //
 // Parallel over (batch x heads x row bands) with OpenMP (dynamic schedule, torch's thread
 // count); autograd saves nothing beyond q, k, v, rel, out and the logsumexp. The vector
-// code uses GCC vector extensions and is compiled twice, for the baseline ISA and with
-// target("avx2,fma"), selected at run time with __builtin_cpu_supports: no -march=native,
-// so a shared build cache works on any x86-64 machine.
+// code uses GCC vector extensions and is compiled three times: baseline ISA, target("avx2,fma")
+// (8 float lanes) and target("avx512...") (16 float lanes, W rounded up to 16), selected at run
+// time with __builtin_cpu_supports: no -march=native, so a shared build cache works on any
+// x86-64 machine. The layout-native entry (forward_packed/backward_packed) reads q, k, v from
+// the layer's (B, 3ND, H, W) projection, already channel-major, so its rows are plain copies.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #ifdef _OPENMP
@@ -49,6 +51,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #define SASA_HAVE_AVX2_CLONE 1
 #define SASA_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define SASA_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 #else
 #define SASA_HAVE_AVX2_CLONE 0
 #endif
@@ -58,16 +61,25 @@ namespace {
 typedef float f8 __attribute__((vector_size(32)));
 typedef double d4 __attribute__((vector_size(32)));
 typedef int32_t i8 __attribute__((vector_size(32)));
+typedef float f16 __attribute__((vector_size(64)));
+typedef int32_t i16 __attribute__((vector_size(64)));
 
-template <typename T>
+// Vector type of the kernels: WIDE = 1 selects 16 float lanes (the AVX-512 copy); double
+// always uses 4 lanes.
+template <typename T, int WIDE>
 struct VecOf;
 template <>
-struct VecOf<float> {
+struct VecOf<float, 0> {
   using type = f8;
   static constexpr int lanes = 8;
 };
 template <>
-struct VecOf<double> {
+struct VecOf<float, 1> {
+  using type = f16;
+  static constexpr int lanes = 16;
+};
+template <int WIDE>
+struct VecOf<double, WIDE> {
   using type = d4;
   static constexpr int lanes = 4;
 };
@@ -87,27 +99,30 @@ SASA_INLINE V vsplat(T s) {
   return V{} + s;
 }
 
-// exp of 8 floats: Cephes polynomial (~1 ulp), exactly 0 below -87.3.
-SASA_INLINE f8 vexp(f8 x) {
-  const f8 lo = vsplat<f8>(-87.0f), hi = vsplat<f8>(88.0f);
-  const auto underflow = x < vsplat<f8>(-87.3f);
-  f8 xc = x < lo ? lo : x;
+// exp of 8 or 16 floats: Cephes polynomial (~1 ulp), exactly 0 below -87.3.
+template <typename FV, typename IV>
+SASA_INLINE FV vexp_float(FV x) {
+  const FV lo = vsplat<FV>(-87.0f), hi = vsplat<FV>(88.0f);
+  const auto underflow = x < vsplat<FV>(-87.3f);
+  FV xc = x < lo ? lo : x;
   xc = xc > hi ? hi : xc;
-  const f8 magic = vsplat<f8>(12582912.0f);  // 1.5 * 2^23: round to nearest
-  const f8 n = (xc * 1.44269504088896341f + magic) - magic;
-  f8 r = xc - n * 0.693359375f;
+  const FV magic = vsplat<FV>(12582912.0f);  // 1.5 * 2^23: round to nearest
+  const FV n = (xc * 1.44269504088896341f + magic) - magic;
+  FV r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  f8 p = vsplat<f8>(1.9875691500e-4f);
+  FV p = vsplat<FV>(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const i8 bits = (__builtin_convertvector(n, i8) + 127) << 23;
-  const f8 result = p * (f8)bits;  // same-size vector cast: bit reinterpretation
-  return underflow ? vsplat<f8>(0.0f) : result;
+  const IV bits = (__builtin_convertvector(n, IV) + 127) << 23;
+  const FV result = p * (FV)bits;  // same-size vector cast: bit reinterpretation
+  return underflow ? vsplat<FV>(0.0f) : result;
 }
+SASA_INLINE f8 vexp(f8 x) { return vexp_float<f8, i8>(x); }
+SASA_INLINE f16 vexp(f16 x) { return vexp_float<f16, i16>(x); }
 SASA_INLINE d4 vexp(d4 x) {
   d4 y;
   for (int l = 0; l < 4; ++l) y[l] = std::exp(x[l]);
@@ -125,6 +140,7 @@ struct Geometry {
   int64_t B, N, H, W, D, Dv, K, Nr, Wq, Wk;
   int64_t ct_in = 0, ct_out = 0;
   double scale = 1.0;
+  bool wide = false;  // float kernels with 16 lanes (AVX-512); Wq is then a multiple of 16
 };
 
 template <int C>
@@ -160,11 +176,10 @@ struct Regs<V, 0> : VecBuf<V> {
 
 // Logit vectors of query row i, lanes [j0, j0 + lanes), for in-image rows a0..a1 -> L[0..).
 // kimg holds the key rows from `lo` on, channel-major and padded: row a at (a - lo) * D * Wk.
-template <typename T, int DC>
-SASA_INLINE void logits_for_lanes(const Geometry& g, Regs<typename VecOf<T>::type, DC>& qv, const T* kimg,
+template <typename T, int DC, typename V>
+SASA_INLINE void logits_for_lanes(const Geometry& g, Regs<V, DC>& qv, const T* kimg,
                                   int64_t lo, const T* rhead, const T* bias, int64_t i, int64_t a0, int64_t a1,
-                                  int64_t j0, typename VecOf<T>::type* L) {
-  using V = typename VecOf<T>::type;
+                                  int64_t j0, V* L) {
   const int64_t D = dim_or<DC>(g.D), K = g.K, r = K / 2, Wk = g.Wk, Wq = g.Wq;
   int64_t t = 0;
   for (int64_t a = a0; a <= a1; ++a) {
@@ -323,11 +338,11 @@ SASA_INLINE void scale_buffer(std::vector<T>& buf, double scale) {
 
 // ---------------------------------------------------------------------------------------
 // Forward for query rows [i0, i1) of image bn: q, k, v, out (B, N, H, W, C), lse (B, N, H, W).
-template <typename T, int DC, int DVC>
+template <typename T, int DC, int DVC, int WIDE>
 SASA_INLINE void forward_band_impl(const Geometry& g, const T* q, const T* k, const T* v, const T* rel,
                                    const T* bias, T* out, T* lse, int64_t bn, int64_t i0, int64_t i1) {
-  using V = typename VecOf<T>::type;
-  constexpr int VL = VecOf<T>::lanes;
+  using V = typename VecOf<T, WIDE>::type;
+  constexpr int VL = VecOf<T, WIDE>::lanes;
   const int64_t D = dim_or<DC>(g.D), Dv = dim_or<DVC>(g.Dv);
   const int64_t H = g.H, W = g.W, K = g.K, r = K / 2, Wq = g.Wq, Wk = g.Wk;
   const int64_t n = bn % g.N;
@@ -353,7 +368,7 @@ SASA_INLINE void forward_band_impl(const Geometry& g, const T* q, const T* k, co
     T* lrow = lse ? lse + (bn * H + i) * W : nullptr;  // no lse: forward only
     for (int64_t j0 = 0; j0 < Wq; j0 += VL) {
       for (int64_t d = 0; d < D; ++d) qv[d] = vload<V>(qrow + d * Wq + j0);
-      logits_for_lanes<T, DC>(g, qv, kimg, lo, rhead, bias, i, a0, a1, j0, L);
+      logits_for_lanes<T, DC, V>(g, qv, kimg, lo, rhead, bias, i, a0, a1, j0, L);
       V m = L[0];
       for (int64_t t = 1; t < cnt; ++t) m = vmax(m, L[t]);
       V sum = vsplat<V>(T(0));
@@ -384,12 +399,12 @@ SASA_INLINE void forward_band_impl(const Geometry& g, const T* q, const T* k, co
 // ---------------------------------------------------------------------------------------
 // Backward for query rows [i0, i1) of image bn. Adds into dk/dv rows [i0 - r, i1 + r) and
 // writes dq rows [i0, i1); drel_slot is this task's private (K, K, D) accumulator.
-template <typename T, int DC, int DVC>
+template <typename T, int DC, int DVC, int WIDE>
 SASA_INLINE void backward_band_impl(const Geometry& g, const T* q, const T* k, const T* v, const T* rel,
                                     const T* bias, const T* out, const T* lse, const T* gout, T* dq, T* dk,
                                     T* dv, T* drel_slot, bool need_drel, int64_t bn, int64_t i0, int64_t i1) {
-  using V = typename VecOf<T>::type;
-  constexpr int VL = VecOf<T>::lanes;
+  using V = typename VecOf<T, WIDE>::type;
+  constexpr int VL = VecOf<T, WIDE>::lanes;
   const int64_t D = dim_or<DC>(g.D), Dv = dim_or<DVC>(g.Dv);
   const int64_t H = g.H, W = g.W, K = g.K, r = K / 2, Wq = g.Wq, Wk = g.Wk, NV = Wq / VL;
   const int64_t n = bn % g.N;
@@ -429,7 +444,7 @@ SASA_INLINE void backward_band_impl(const Geometry& g, const T* q, const T* k, c
     for (int64_t jv = 0; jv < NV; ++jv) {
       const int64_t j0 = jv * VL;
       for (int64_t d = 0; d < D; ++d) qv[d] = vload<V>(qrow + d * Wq + j0);
-      logits_for_lanes<T, DC>(g, qv, kimg, lo, rhead, bias, i, a0, a1, j0, L);
+      logits_for_lanes<T, DC, V>(g, qv, kimg, lo, rhead, bias, i, a0, a1, j0, L);
       const V l = vload<V>(lrow + j0);
       V delta = vsplat<V>(T(0));
       for (int64_t e = 0; e < Dv; ++e) delta += vload<V>(grow + e * Wq + j0) * vload<V>(orow + e * Wq + j0);
@@ -505,29 +520,45 @@ SASA_INLINE void backward_band_impl(const Geometry& g, const T* q, const T* k, c
 template <typename T, int DC, int DVC>
 void forward_band_base(const Geometry& g, const T* q, const T* k, const T* v, const T* rel, const T* bias, T* out,
                        T* lse, int64_t bn, int64_t i0, int64_t i1) {
-  forward_band_impl<T, DC, DVC>(g, q, k, v, rel, bias, out, lse, bn, i0, i1);
+  forward_band_impl<T, DC, DVC, 0>(g, q, k, v, rel, bias, out, lse, bn, i0, i1);
 }
 template <typename T, int DC, int DVC>
 void backward_band_base(const Geometry& g, const T* q, const T* k, const T* v, const T* rel, const T* bias,
                         const T* out, const T* lse, const T* gout, T* dq, T* dk, T* dv, T* drel, bool need_drel,
                         int64_t bn, int64_t i0, int64_t i1) {
-  backward_band_impl<T, DC, DVC>(g, q, k, v, rel, bias, out, lse, gout, dq, dk, dv, drel, need_drel, bn, i0, i1);
+  backward_band_impl<T, DC, DVC, 0>(g, q, k, v, rel, bias, out, lse, gout, dq, dk, dv, drel, need_drel, bn, i0, i1);
 }
 #if SASA_HAVE_AVX2_CLONE
 template <typename T, int DC, int DVC>
 SASA_TARGET_AVX2 void forward_band_avx2(const Geometry& g, const T* q, const T* k, const T* v, const T* rel,
                                         const T* bias, T* out, T* lse, int64_t bn, int64_t i0, int64_t i1) {
-  forward_band_impl<T, DC, DVC>(g, q, k, v, rel, bias, out, lse, bn, i0, i1);
+  forward_band_impl<T, DC, DVC, 0>(g, q, k, v, rel, bias, out, lse, bn, i0, i1);
 }
 template <typename T, int DC, int DVC>
 SASA_TARGET_AVX2 void backward_band_avx2(const Geometry& g, const T* q, const T* k, const T* v, const T* rel,
                                          const T* bias, const T* out, const T* lse, const T* gout, T* dq, T* dk,
                                          T* dv, T* drel, bool need_drel, int64_t bn, int64_t i0, int64_t i1) {
-  backward_band_impl<T, DC, DVC>(g, q, k, v, rel, bias, out, lse, gout, dq, dk, dv, drel, need_drel, bn, i0, i1);
+  backward_band_impl<T, DC, DVC, 0>(g, q, k, v, rel, bias, out, lse, gout, dq, dk, dv, drel, need_drel, bn, i0, i1);
+}
+// 16 float lanes: Wq is then a multiple of 16 (see width_quantum).
+template <int DC, int DVC>
+SASA_TARGET_AVX512 void forward_band_avx512(const Geometry& g, const float* q, const float* k, const float* v,
+                                            const float* rel, const float* bias, float* out, float* lse, int64_t bn,
+                                            int64_t i0, int64_t i1) {
+  forward_band_impl<float, DC, DVC, 1>(g, q, k, v, rel, bias, out, lse, bn, i0, i1);
+}
+template <int DC, int DVC>
+SASA_TARGET_AVX512 void backward_band_avx512(const Geometry& g, const float* q, const float* k, const float* v,
+                                             const float* rel, const float* bias, const float* out, const float* lse,
+                                             const float* gout, float* dq, float* dk, float* dv, float* drel,
+                                             bool need_drel, int64_t bn, int64_t i0, int64_t i1) {
+  backward_band_impl<float, DC, DVC, 1>(g, q, k, v, rel, bias, out, lse, gout, dq, dk, dv, drel, need_drel, bn, i0,
+                                        i1);
 }
 #endif
 
-bool g_force_baseline = false;
+// Highest instruction set the kernels may use: 0 baseline, 1 AVX2+FMA, 2 AVX-512 (testing hooks lower it).
+int g_max_isa = 2;
 
 // Runs f(task) for task in [0, n) on torch's intra-op thread count with dynamic
 // scheduling (robust to a loaded machine: an idle thread takes over the remaining tasks).
@@ -553,7 +584,24 @@ bool cpu_has_avx2() {
 #endif
 }
 
-bool use_avx2() { return cpu_has_avx2() && !g_force_baseline; }
+bool cpu_has_avx512() {
+#if SASA_HAVE_AVX2_CLONE
+  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool use_avx2() { return cpu_has_avx2() && g_max_isa >= 1; }
+bool use_avx512() { return cpu_has_avx512() && g_max_isa >= 2; }
+
+// float kernels run 16 lanes wide with AVX-512
+template <typename T>
+bool use_wide() {
+  return std::is_same_v<T, float> && use_avx512();
+}
 
 template <typename T>
 struct Pointers {
@@ -588,6 +636,12 @@ struct FwdRun {
       const int64_t bn = task / nb, band = task % nb;
       const int64_t i0 = band * bh, i1 = std::min(geo.H, i0 + bh);
 #if SASA_HAVE_AVX2_CLONE
+      if constexpr (std::is_same_v<T, float>) {
+        if (geo.wide) {
+          forward_band_avx512<DC, DVC>(geo, ptr.q, ptr.k, ptr.v, ptr.rel, ptr.bias, ptr.out_w, ptr.lse_w, bn, i0, i1);
+          return;
+        }
+      }
       if (avx2) {
         forward_band_avx2<T, DC, DVC>(geo, ptr.q, ptr.k, ptr.v, ptr.rel, ptr.bias, ptr.out_w, ptr.lse_w, bn, i0, i1);
         return;
@@ -621,6 +675,13 @@ struct BwdRun {
         const int64_t i0 = band * bh, i1 = std::min(geo.H, i0 + bh);
         T* drel = nd ? ptr.drel + (bn * nb + band) * slot : ptr.drel;
 #if SASA_HAVE_AVX2_CLONE
+        if constexpr (std::is_same_v<T, float>) {
+          if (geo.wide) {
+            backward_band_avx512<DC, DVC>(geo, ptr.q, ptr.k, ptr.v, ptr.rel, ptr.bias, ptr.out, ptr.lse, ptr.gout,
+                                          ptr.dq, ptr.dk, ptr.dv, drel, nd, bn, i0, i1);
+            return;
+          }
+        }
         if (avx2) {
           backward_band_avx2<T, DC, DVC>(geo, ptr.q, ptr.k, ptr.v, ptr.rel, ptr.bias, ptr.out, ptr.lse, ptr.gout,
                                          ptr.dq, ptr.dk, ptr.dv, drel, nd, bn, i0, i1);
@@ -645,14 +706,19 @@ void dispatch_dims(int64_t D, int64_t Dv, F& f) {
   return f.template run<0, 0>();
 }
 
-constexpr int64_t kWidthQuantum = 8;  // Wq is a multiple of the float and double lane counts
+// Wq is a multiple of the lane count: 8 (float AVX2/baseline, double), 16 (float AVX-512)
+int64_t width_quantum(bool wide) { return wide ? 16 : 8; }
+bool wide_for(const torch::Tensor& t) { return t.scalar_type() == torch::kFloat && use_avx512(); }
 
 Geometry geometry(const torch::Tensor& q, const torch::Tensor& v, const torch::Tensor& rel, int64_t K) {
   TORCH_CHECK(q.dim() == 5 && v.dim() == 5 && rel.dim() == 4, "sasa cpu kernel: bad ranks");
   TORCH_CHECK(K > 0 && K % 2 == 1, "sasa cpu kernel: kernel_size must be odd and positive");
   const int64_t W = q.size(3), r = K / 2;
-  const int64_t Wq = (W + kWidthQuantum - 1) / kWidthQuantum * kWidthQuantum;
+  const bool wide = wide_for(q);
+  const int64_t quantum = width_quantum(wide);
+  const int64_t Wq = (W + quantum - 1) / quantum * quantum;
   Geometry g{q.size(0), q.size(1), q.size(2), W, q.size(4), v.size(4), K, rel.size(0), Wq, Wq + 2 * r};
+  g.wide = wide;
   TORCH_CHECK(rel.size(1) == K && rel.size(2) == K && rel.size(3) == g.D && (g.Nr == 1 || g.Nr == g.N),
               "sasa cpu kernel: rel_pos must be (1 or N, K, K, D)");
   return g;
@@ -734,8 +800,11 @@ Geometry packed_geometry(const torch::Tensor& qkv, const torch::Tensor& rel, int
   TORCH_CHECK(K > 0 && K % 2 == 1, "sasa cpu kernel: kernel_size must be odd and positive");
   TORCH_CHECK(N > 0 && qkv.size(1) % (3 * N) == 0, "sasa cpu kernel: qkv channels must be 3 * num_heads * D");
   const int64_t W = qkv.size(3), r = K / 2, D = qkv.size(1) / (3 * N);
-  const int64_t Wq = (W + kWidthQuantum - 1) / kWidthQuantum * kWidthQuantum;
+  const bool wide = wide_for(qkv);
+  const int64_t quantum = width_quantum(wide);
+  const int64_t Wq = (W + quantum - 1) / quantum * quantum;
   Geometry g{qkv.size(0), N, qkv.size(2), W, D, D, K, rel.size(0), Wq, Wq + 2 * r};
+  g.wide = wide;
   g.ct_in = 3 * N * D;
   g.ct_out = N * D;
   g.scale = scale;
@@ -825,8 +894,13 @@ std::vector<torch::Tensor> local_attention_backward_packed(torch::Tensor gout, t
   return {dqkv, drel};
 }
 
-std::string isa() { return use_avx2() ? "avx2" : "baseline"; }
-void force_baseline_isa(bool force) { g_force_baseline = force; }
+std::string isa() { return use_avx512() ? "avx512" : use_avx2() ? "avx2" : "baseline"; }
+void force_baseline_isa(bool force) { g_max_isa = force ? 0 : 2; }
+// Testing: the highest instruction set the kernels may use ("baseline", "avx2" or "avx512").
+void limit_isa(const std::string& name) {
+  TORCH_CHECK(name == "baseline" || name == "avx2" || name == "avx512", "limit_isa: unknown ISA ", name);
+  g_max_isa = name == "baseline" ? 0 : name == "avx2" ? 1 : 2;
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
@@ -840,4 +914,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "layout-native backward -> [dqkv (B, 3ND, H, W), drel_partial]");
   m.def("isa", &isa, "instruction set the kernels run with ('avx2' or 'baseline')");
   m.def("force_baseline_isa", &force_baseline_isa, "testing: run the baseline-ISA kernels even with AVX2");
+  m.def("limit_isa", &limit_isa, "testing: highest ISA the kernels may use ('baseline', 'avx2', 'avx512')");
 }
