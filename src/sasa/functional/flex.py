@@ -21,7 +21,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-FLEX_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from sasa.functional._checks import SUPPORTED_DTYPES
+
+FLEX_DTYPES = tuple(d for d in SUPPORTED_DTYPES if d is not torch.float64)  # no float64 Triton kernels
 
 
 def _flex_import_error() -> str | None:

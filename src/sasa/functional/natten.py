@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-NATTEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from sasa.functional._checks import SUPPORTED_DTYPES
+
+NATTEN_DTYPES = tuple(d for d in SUPPORTED_DTYPES if d is not torch.float64)  # NATTEN has no float64 kernels
 
 
 def available() -> bool:
