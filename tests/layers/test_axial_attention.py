@@ -182,3 +182,22 @@ def test_axial_config_check_channels():
     AxialConfig(num_heads=8).check_channels(64)
     with pytest.raises(ValueError, match=r"out_channels \(24\) must split into num_heads \(8\)"):
         AxialConfig(num_heads=8).check_channels(24)
+
+
+@pytest.mark.parametrize("span", [None, 3])
+def test_evaluation_mode_folds_the_logit_batch_norm_into_scales(span):
+    """In eval the logit BN is an affine map per term and head; its shift cancels in the softmax, so the folded
+    scales give what the BN hook gives."""
+    torch.manual_seed(6)
+    layer = AxialAttention2d(8, 16, num_heads=4, span=span, max_length=6).double()
+    x = torch.randn(2, 8, 7, 5, dtype=torch.float64)
+    for _ in range(3):  # give the running statistics and affine parameters non-trivial values
+        layer(x)
+    with torch.no_grad():
+        layer.bn_logits.weight.uniform_(0.5, 2.0)
+        layer.bn_logits.bias.normal_()
+    layer.eval()
+    folded = layer(x)
+    assert layer._folded_logit_scales() is not None
+    layer._folded_logit_scales = lambda: None  # force the hook path: BN applied to the (L, S) logits
+    torch.testing.assert_close(layer(x), folded)

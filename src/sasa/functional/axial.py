@@ -16,9 +16,9 @@ returns them normalised; ``output_norm(parts)`` receives the list of the two
 summed after the hooks.
 
 Backends: ``reference`` builds the (L, L, D) table of r_(p−o) for every pair and contracts it
-with einsum, each line one term of the formula; ``matmul`` uses batched matmuls: with a global
-reach it contracts q and k with the offset tables in (B·N, L, 2L − 1) matmuls and reads the (L, L)
-layout as a strided view of the result (no gather, no copy); with a local span it works on
+with einsum, each line one term of the formula; ``matmul`` uses batched matmuls along the axis: with a
+global reach, (B·N, D) @ (D, L) products per position against the (L, L, D) pair tables (which have no
+batch dimension, so building them costs nothing); with a local span it works on
 (L, 2·radius+1) banded logits over zero-padded key windows (memory and time grow with the span,
 not the axis). The logit hooks see whichever layout the backend uses, with its validity mask
 (None when nothing is masked); batch-norm statistics over the valid entries are the same in both.
@@ -68,6 +68,11 @@ def relative_offsets(length: int, radius: int, device: torch.device) -> tuple[to
     return (offset + radius).clamp(0, 2 * radius), offset.abs() <= radius
 
 
+def _head_scaled(x: torch.Tensor, logit_scales: torch.Tensor | None, term: int) -> torch.Tensor:
+    """x (B, N, L, D) times ``logit_scales[term]`` per head: scaling a term's factor scales the term."""
+    return x if logit_scales is None else x * logit_scales[term].view(1, -1, 1, 1)
+
+
 def _finish(terms, valid, v_mix, logit_norm, output_norm):
     """Shared tail of both backends: normalise and sum the logit terms, softmax, weighted sums, normalise, sum.
 
@@ -75,9 +80,10 @@ def _finish(terms, valid, v_mix, logit_norm, output_norm):
     """
     if logit_norm is not None:
         terms = logit_norm(terms, valid)
-    logits = terms[0] + terms[1] + terms[2]
+    logits = terms[0] + terms[1]
+    logits += terms[2]  # in place: a sum's value is not needed by autograd, and the (L, S) logits are the big tensors
     if valid is not None:
-        logits = logits.masked_fill(~valid, float("-inf"))
+        logits.masked_fill_(~valid, float("-inf"))
     parts = v_mix(logits.softmax(dim=-1))
     if output_norm is not None:
         parts = output_norm(parts)
@@ -86,7 +92,7 @@ def _finish(terms, valid, v_mix, logit_norm, output_norm):
 
 def axial_attention1d_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, rel_q: torch.Tensor, rel_k: torch.Tensor, rel_v: torch.Tensor,
-    logit_norm: LogitNorm | None = None, output_norm: OutputNorm | None = None,
+    logit_norm: LogitNorm | None = None, output_norm: OutputNorm | None = None, logit_scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The formula term by term, with the (L, L, D) table of embeddings for every (query, key) pair. Shapes as the module doc."""
     _check_args(q, k, v, rel_q, rel_k, rel_v)
@@ -97,6 +103,8 @@ def axial_attention1d_reference(
         torch.einsum("bnod,opd->bnop", q, pair_q),
         torch.einsum("bnpd,opd->bnop", k, pair_k),
     ]
+    if logit_scales is not None:
+        terms = [term * logit_scales[index].view(1, -1, 1, 1) for index, term in enumerate(terms)]
 
     def v_mix(weights):
         return [torch.einsum("bnop,bnpd->bnod", weights, v), torch.einsum("bnop,opd->bnod", weights, pair_v)]
@@ -104,27 +112,25 @@ def axial_attention1d_reference(
     return _finish(terms, None if bool(valid.all()) else valid, v_mix, logit_norm, output_norm)
 
 
-def _skew(relative: torch.Tensor) -> torch.Tensor:
-    """(..., L, 2L − 1) -> (..., L, L) view: out[o, p] = relative[o, p − o + L − 1] (no copy; needs the last two dims contiguous)."""
-    length = relative.shape[-2]
-    strides = relative.stride()
-    return relative.as_strided((*relative.shape[:-1], length), (*strides[:-2], 2 * length - 2, 1), relative.storage_offset() + length - 1)
-
-
-def _axial_global(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=None) -> torch.Tensor:
-    """Radius >= L − 1 (every key in reach): (L, L) logits. q and k are contracted with the offset tables once
-    ((B, N, L, 2L − 1) matmuls) and the (L, L) layout is a strided view of that result (no gather, no copy);
-    the r^v sum writes the weights into the offset layout the same way."""
-    length = q.shape[-2]
-    qr = _skew((q @ rel_q.T).contiguous())
-    # k_p·r_(p−o) read with p as the row: with the table reversed, row p holds offset o − p at column o − p + L − 1
-    kr = _skew((k @ rel_k.flip(0).T).contiguous()).transpose(-1, -2)
-    terms = [q @ k.transpose(-1, -2), qr, kr]
+def _axial_global(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=None, logit_scales=None) -> torch.Tensor:
+    """Radius = L − 1 (tables trimmed to the axis, every key in reach): (L, L) logits from batched matmuls
+    along the axis. The (L, L, D) pair tables r_(p−o) are small (no batch dimension), so q·r^q is one
+    (B·N, D) @ (D, L) product per query position o, k·r^k one per key position p, and Σ w·r^v one per o."""
+    batch, heads, length, _ = q.shape
+    index, _ = relative_offsets(length, length - 1, q.device)
+    pair_q, pair_k, pair_v = rel_q[index], rel_k[index], rel_v[index]  # (L query, L key, D)
+    lines = lambda t: t.flatten(0, 1).transpose(0, 1)  # noqa: E731  (B, N, L, D) -> (L, B·N, D)
+    qr = torch.bmm(lines(_head_scaled(q, logit_scales, 1)), pair_q.transpose(1, 2))  # (o, B·N, p)
+    kr = torch.bmm(lines(_head_scaled(k, logit_scales, 2)), pair_k.permute(1, 2, 0))  # (p, B·N, o)
+    terms = [
+        _head_scaled(q, logit_scales, 0) @ k.transpose(-1, -2),
+        qr.transpose(0, 1).unflatten(0, (batch, heads)),
+        kr.permute(1, 2, 0).unflatten(0, (batch, heads)),
+    ]
 
     def v_mix(weights):
-        by_offset = weights.new_zeros(*weights.shape[:-1], 2 * length - 1)
-        _skew(by_offset).copy_(weights)  # by_offset[o, p − o + L − 1] = w[o, p]
-        return [weights @ v, by_offset @ rel_v]
+        positional = torch.bmm(weights.flatten(0, 1).transpose(0, 1), pair_v)  # (o, B·N, Dv)
+        return [weights @ v, positional.transpose(0, 1).unflatten(0, (batch, heads))]
 
     return _finish(terms, None, v_mix, logit_norm, output_norm)
 
@@ -134,7 +140,7 @@ def _windows(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.pad(x, (0, 0, radius, radius)).unfold(-2, 2 * radius + 1, 1).transpose(-1, -2)
 
 
-def _axial_banded(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=None) -> torch.Tensor:
+def _axial_banded(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=None, logit_scales=None) -> torch.Tensor:
     """Radius < L − 1 (a local span): (L, 2·radius+1) logits, one column per offset, so the cost grows with
     the span, not the axis; keys past the ends are zero-padded and masked out."""
     length, radius = q.shape[-2], rel_q.shape[0] // 2
@@ -142,10 +148,12 @@ def _axial_banded(q, k, v, *, rel_q, rel_k, rel_v, logit_norm=None, output_norm=
     key_pos = torch.arange(length, device=q.device)[:, None] + torch.arange(-radius, radius + 1, device=q.device)
     valid = (key_pos >= 0) & (key_pos < length)  # (L, m)
     terms = [
-        (q.unsqueeze(-2) @ key_windows.transpose(-1, -2)).squeeze(-2),
-        q @ rel_q.T,  # column j is offset j − radius: already the banded layout
+        (_head_scaled(q, logit_scales, 0).unsqueeze(-2) @ key_windows.transpose(-1, -2)).squeeze(-2),
+        _head_scaled(q, logit_scales, 1) @ rel_q.T,  # column j is offset j − radius: already the banded layout
         (key_windows * rel_k).sum(-1),
     ]
+    if logit_scales is not None:
+        terms[2] = terms[2] * logit_scales[2].view(1, -1, 1, 1)
 
     def v_mix(weights):
         return [(weights.unsqueeze(-2) @ value_windows).squeeze(-2), weights @ rel_v]
@@ -168,22 +176,30 @@ AXIAL_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
 
 def axial_attention1d(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, rel_q: torch.Tensor, rel_k: torch.Tensor, rel_v: torch.Tensor,
-    logit_norm: LogitNorm | None = None, output_norm: OutputNorm | None = None, backend: str = "auto",
+    logit_norm: LogitNorm | None = None, output_norm: OutputNorm | None = None,
+    logit_scales: torch.Tensor | None = None, backend: str = "auto",
 ) -> torch.Tensor:
     """q, k: (B, N, L, Dq); v: (B, N, L, Dv); rel_q, rel_k: (2·radius+1, Dq); rel_v: (2·radius+1, Dv) -> (B, N, L, Dv).
 
-    No implicit scaling. Offsets beyond L − 1 cannot occur, so tables longer than the axis are
-    trimmed to the rows it uses before computing (same result, less work).
+    No implicit scaling. ``logit_scales`` (3, N): multiply the three logit terms of head n by
+    ``logit_scales[:, n]`` — applied to q or k before the products, so it costs nothing on the
+    (L, S) logits; with it a layer folds an evaluation-mode batch norm of the terms (its shift is
+    the same for every key of a query, so the softmax ignores it). Offsets beyond L − 1 cannot
+    occur, so tables longer than the axis are trimmed to the rows it uses (same result, less work).
     """
     if backend != "auto" and backend not in AXIAL_BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {sorted(AXIAL_BACKENDS)}, got {backend!r}")
     _check_args(q, k, v, rel_q, rel_k, rel_v)
+    if logit_scales is not None and tuple(logit_scales.shape) != (3, q.shape[1]):
+        raise ValueError(f"logit_scales must have shape (3, N) = {(3, q.shape[1])}, got {tuple(logit_scales.shape)}")
     radius, reach = rel_q.shape[0] // 2, q.shape[-2] - 1
     if radius > reach:
         rows = slice(radius - reach, radius + reach + 1)
         rel_q, rel_k, rel_v = rel_q[rows], rel_k[rows], rel_v[rows]
     run = AXIAL_BACKENDS["matmul" if backend == "auto" else backend]
-    return run(q, k, v, rel_q=rel_q, rel_k=rel_k, rel_v=rel_v, logit_norm=logit_norm, output_norm=output_norm)
+    return run(
+        q, k, v, rel_q=rel_q, rel_k=rel_k, rel_v=rel_v, logit_norm=logit_norm, output_norm=output_norm, logit_scales=logit_scales
+    )
 
 
 def axial_attention1d_macs(*, batch: int, heads: int, length: int, radius: int, dim: int, value_dim: int) -> int:

@@ -117,9 +117,17 @@ class AxialAttention2d(nn.Module):
             if isinstance(bn, nn.modules.batchnorm._BatchNorm):
                 bn.reset_parameters()
 
-    def _logit_norm(self, terms: list[torch.Tensor], valid: torch.Tensor | None) -> list[torch.Tensor]:
+    def _folded_logit_scales(self) -> torch.Tensor | None:
+        """(3, N) per-term, per-head factors when the logit normalisation is a fixed affine map (no BN, or BN in
+        evaluation mode), so the op can apply it to q and k instead of to the (L, S) logits; None in training."""
         if self.bn_logits is None:
-            return [term * self.query_dim**-0.5 for term in terms]
+            return self.relative.new_full((3, self.num_heads), self.query_dim**-0.5)
+        bn = self.bn_logits
+        if bn.training or not bn.track_running_stats:
+            return None
+        return (bn.weight / (bn.running_var + bn.eps).sqrt()).view(3, self.num_heads)
+
+    def _logit_norm(self, terms: list[torch.Tensor], valid: torch.Tensor | None) -> list[torch.Tensor]:
         return [
             _batch_norm_slice(self.bn_logits, term, index * self.num_heads, valid) for index, term in enumerate(terms)
         ]
@@ -136,15 +144,16 @@ class AxialAttention2d(nn.Module):
         q, k, v = qkv.split([self.query_dim, self.query_dim, self.head_dim], dim=-1)
         rows = self.relative[self.max_length - 1 - self.radius : self.max_length + self.radius]
         rel_q, rel_k, rel_v = rows.split([self.query_dim, self.query_dim, self.head_dim], dim=-1)
+        scales = self._folded_logit_scales()
         out = axial_attention1d(
-            q, k, v, rel_q=rel_q, rel_k=rel_k, rel_v=rel_v, logit_norm=self._logit_norm,
-            output_norm=self._output_norm if self.bn_output is not None else None, backend=self.backend,
+            q, k, v, rel_q=rel_q, rel_k=rel_k, rel_v=rel_v, logit_norm=None if scales is not None else self._logit_norm,
+            logit_scales=scales, output_norm=self._output_norm if self.bn_output is not None else None, backend=self.backend,
         )
         if self.axis == "height":
-            out = rearrange(out, "(b w) n h d -> b (n d) h w", b=batch)
+            out = rearrange(out, "(b w) n h d -> b (n d) h w", b=batch).contiguous()
             pool = (self.stride, 1)
         else:
-            out = rearrange(out, "(b h) n w d -> b (n d) h w", b=batch)
+            out = rearrange(out, "(b h) n w d -> b (n d) h w", b=batch).contiguous()
             pool = (1, self.stride)
         if self.stride > 1:
             out = F.avg_pool2d(out, pool, pool, ceil_mode=True)
