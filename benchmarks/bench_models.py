@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -90,7 +91,9 @@ def images_per_s(row: dict, clock: str) -> float:
 
 
 def baseline_of(name: str) -> str:
-    return name.removeprefix("sa_").removesuffix("_convstem")
+    """The conv ResNet of the same depth: sa_resnet26_convstem, axial_resnet26_s -> resnet26."""
+    match = re.search(r"resnet\d+", name)
+    return match.group() if match else name
 
 
 def table(rows: list[dict], clock: str) -> str:
@@ -160,7 +163,7 @@ def main(argv=None) -> None:
                               warmup=args.warmup, repeats=args.repeats, memory=mode == "train" and not args.no_memory)
                 rows.append(row)
                 mem = "" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**20:8.0f} MiB"
-                print(f"  {row['threads']} thr  {name:<14} {mode:<9} wall {row['wall_s'] * 1e3:8.1f} ms  "
+                print(f"  {row['threads']} thr  {name:<16} {mode:<9} wall {row['wall_s'] * 1e3:8.1f} ms  "
                       f"cpu {row['cpu_s'] * 1e3:8.1f} ms  {mem}", flush=True)
     markdown = table(rows, args.clock)
     print("\n" + markdown)
