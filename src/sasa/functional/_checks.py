@@ -9,6 +9,14 @@ import operator
 import torch
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+PADDING_MODES = ("mask", "zeros")
+
+
+def check_padding(padding: object) -> str:
+    """``"mask"``: out-of-image neighbours leave the softmax; ``"zeros"``: they take part with k = v = 0."""
+    if padding not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+    return padding
 
 
 def _check_tensor(name: str, value: object) -> torch.Tensor:

@@ -10,11 +10,14 @@ made; elsewhere (or with an explicit backend other than ``cpu_fused``) it rearra
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
 from sasa.functional import cpu_fused
 from sasa.functional._amp import autocast_dtype, cast_to
-from sasa.functional._checks import check_integer, check_local_attention_args, empty_output, per_head_rel_pos
+from sasa.functional._checks import (
+    check_integer, check_local_attention_args, check_padding, empty_output, per_head_rel_pos,
+)
 from sasa.functional.dispatch import check_backend_name
 
 _SPLIT = "b (n d) h w -> b n h w d"
@@ -48,23 +51,30 @@ def local_attention2d_packed(
     rel_pos: torch.Tensor | None = None,
     scale: float = 1.0,
     backend: str = "auto",
+    padding: str = "mask",
 ) -> torch.Tensor:
     """Local attention on a packed projection: qkv (B, 3·N·D, H, W) -> (B, N·D, H, W).
 
     Channels of qkv: [q | k | v], each head-major ("(n d)"); rel_pos: None, (k, k, D) or (N, k, k, D).
-    Equals ``rearrange(local_attention2d(scale·q, k, v, ...), "b n h w d -> b (n d) h w")``.
+    Equals ``rearrange(local_attention2d(scale·q, k, v, ..., padding=padding), "b n h w d -> b (n d) h w")``.
     """
     amp = autocast_dtype(qkv.device) if isinstance(qkv, torch.Tensor) else None
     if amp is not None:  # as local_attention2d: the autocast dtype, autocast off inside (_amp)
         qkv, rel_pos = cast_to(amp, qkv, rel_pos)
         with torch.autocast(qkv.device.type, enabled=False):
             return local_attention2d_packed(
-                qkv, num_heads=num_heads, kernel_size=kernel_size, rel_pos=rel_pos, scale=scale, backend=backend
+                qkv, num_heads=num_heads, kernel_size=kernel_size, rel_pos=rel_pos, scale=scale, backend=backend,
+                padding=padding,
             )
     _check_packed_args(qkv, num_heads, scale)
     num_heads, kernel_size = int(num_heads), int(kernel_size)
     q, k, v = _heads_views(qkv, num_heads)
     check_local_attention_args(q, k, v, kernel_size, rel_pos)
+    if check_padding(padding) == "zeros":  # as in local_attention2d: pad by r, attend with masking, crop
+        r = kernel_size // 2
+        out = local_attention2d_packed(F.pad(qkv, (r, r, r, r)), num_heads=num_heads, kernel_size=kernel_size,
+                                       rel_pos=rel_pos, scale=scale, backend=backend)
+        return out[..., r:out.shape[-2] - r, r:out.shape[-1] - r]
     rel_pos = per_head_rel_pos(rel_pos, num_heads)
     if qkv.numel() == 0:  # empty batch or image
         check_backend_name(backend)

@@ -9,6 +9,8 @@ from torch.autograd.function import once_differentiable
 
 from sasa.layers.relative_position import RelativePositionEmbedding2d
 
+STEM_VALUE_KINDS = ("spatially-aware", "plain", "conv")  # paper Table 7
+
 
 class AttentionStem(nn.Module):
     """Block self-attention + BN + ReLU + max pool: (B, C_in, H, W) -> (B, C_out, ceil(H/4), ceil(W/4)).
@@ -34,22 +36,34 @@ class AttentionStem(nn.Module):
         num_heads: int = 1,
         num_value_mixtures: int = 4,
         pool_size: int = 4,
+        values: str = "spatially-aware",
     ) -> None:
         super().__init__()
         if out_channels % num_heads or out_channels % 2:
             raise ValueError(f"out_channels ({out_channels}) must be even and divisible by num_heads ({num_heads})")
         if num_value_mixtures < 1:
             raise ValueError(f"num_value_mixtures must be >= 1, got {num_value_mixtures}")
+        if values not in STEM_VALUE_KINDS:
+            raise ValueError(f"values must be one of {STEM_VALUE_KINDS}, got {values!r}")
+        if values != "spatially-aware":
+            num_value_mixtures = 1  # one value projection (plain), or none at all (conv)
+        self.values_kind = values
         self.block_size, self.num_heads, self.num_value_mixtures = block_size, num_heads, num_value_mixtures
         self.in_channels, self.out_channels = in_channels, out_channels
         self.head_dim = out_channels // num_heads
         projection_std = in_channels**-0.5
         self.query = nn.Parameter(torch.randn(out_channels, in_channels) * projection_std)
         self.key = nn.Parameter(torch.randn(out_channels, in_channels) * projection_std)
-        self.values = nn.Parameter(torch.randn(num_value_mixtures, out_channels, in_channels) * projection_std)
-        self.value_row = nn.Parameter(torch.randn(block_size, out_channels))
-        self.value_col = nn.Parameter(torch.randn(block_size, out_channels))
-        self.value_mix = nn.Parameter(torch.randn(num_value_mixtures, out_channels) * out_channels**-0.5)
+        self.values = self.value_row = self.value_col = self.value_mix = self.value_conv = None
+        if values == "conv":
+            # "same" 4×4 conv (padding 1 before, 2 after): the value of a pixel sees its 4×4 neighbourhood
+            self.value_conv = nn.Sequential(nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(in_channels, out_channels, 4, bias=False))
+        else:
+            self.values = nn.Parameter(torch.randn(num_value_mixtures, out_channels, in_channels) * projection_std)
+        if values == "spatially-aware":
+            self.value_row = nn.Parameter(torch.randn(block_size, out_channels))
+            self.value_col = nn.Parameter(torch.randn(block_size, out_channels))
+            self.value_mix = nn.Parameter(torch.randn(num_value_mixtures, out_channels) * out_channels**-0.5)
         self.rel_pos = RelativePositionEmbedding2d(out_channels, 2 * block_size - 1)
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
@@ -62,6 +76,8 @@ class AttentionStem(nn.Module):
 
     def mixture_weights(self) -> torch.Tensor:
         """(block, block, m): p(a, b, m), the softmax over the m value matrices per in-block position."""
+        if self.value_mix is None:  # one value projection: weight 1 everywhere
+            return self.query.new_ones(self.block_size, self.block_size, 1)
         emb = self.value_row[:, None, :] + self.value_col[None, :, :]
         return torch.einsum("abc,mc->abm", emb, self.value_mix).softmax(dim=-1)
 
@@ -95,8 +111,12 @@ class AttentionStem(nn.Module):
             valid = F.pad(x.new_ones(1, 1, height, width, dtype=torch.bool), (0, pad_w, 0, pad_h))
             valid = rearrange(valid, "1 1 (y a) (z e) -> (y z) (a e)", a=s, e=s)
             logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
-        value_weight = torch.einsum("pm,moc->poc", self.mixture_weights().reshape(s * s, -1), self.values)
-        values = torch.einsum("blpc,poc->blpo", pixels, value_weight)
+        if self.value_conv is not None:
+            conv_values = F.pad(self.value_conv(x[..., :height, :width]), (0, pad_w, 0, pad_h))
+            values = rearrange(conv_values, "b o (y a) (z e) -> b (y z) (a e) o", a=s, e=s)
+        else:
+            value_weight = torch.einsum("pm,moc->poc", self.mixture_weights().reshape(s * s, -1), self.values)
+            values = torch.einsum("blpc,poc->blpo", pixels, value_weight)
         values = rearrange(values, "b l p (n d) -> b n l p d", n=n)
         out = torch.matmul(logits.softmax(dim=-1), values)
         out = rearrange(out, "b n (y z) (a e) d -> b (n d) (y a) (z e)", y=blocks_y, z=blocks_x, a=s, e=s)
@@ -117,6 +137,7 @@ class AttentionStem(nn.Module):
             and x.numel() > 0 and x.shape[-2] % s == 0 and x.shape[-1] % s == 0
             and x.dtype in (torch.float32, torch.float64) and x.device.type != "meta"  # profiling: shapes only
             and not torch.is_autocast_enabled(x.device.type)
+            and self.value_conv is None  # conv values are not a per-pixel linear map of x
         )
 
     def _attend_bn_relu_pool(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,8 +205,10 @@ class AttentionStem(nn.Module):
         """
         b, _, h, w = input_shape
         window = self.block_size**2
-        projections = (2 + self.num_value_mixtures) * self.in_channels * self.out_channels
-        per_pixel = projections + self.num_value_mixtures * self.out_channels + 3 * window * self.out_channels
+        value_projections = 0 if self.value_conv is not None else self.num_value_mixtures  # the conv counts itself
+        projections = (2 + value_projections) * self.in_channels * self.out_channels
+        mixing = self.num_value_mixtures * self.out_channels if self.value_mix is not None else 0
+        per_pixel = projections + mixing + 3 * window * self.out_channels
         return b * h * w * per_pixel
 
 

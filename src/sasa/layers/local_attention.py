@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sasa.functional import local_attention2d_packed
-from sasa.functional._checks import check_integer, check_kernel_size
+from sasa.functional._checks import check_integer, check_kernel_size, check_padding
 from sasa.functional.dispatch import check_backend_name
 from sasa.functional.flops import local_attention2d_macs
 from sasa.layers.absolute_position import sinusoidal_position_2d
@@ -33,6 +33,7 @@ class AttentionConfig:
     content: bool = True
     qkv_bias: bool = False
     backend: str = "auto"
+    padding: str = "mask"  # "zeros": out-of-image neighbours attend with zero key and value (unfold ports)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kernel_size", check_kernel_size(self.kernel_size))
@@ -50,6 +51,7 @@ class AttentionConfig:
                 f"content=False leaves only the q·r logit, which needs positional='relative', got {self.positional!r}"
             )
         check_backend_name(self.backend)
+        check_padding(self.padding)
 
     def check_channels(self, channels: int) -> None:
         """Refuse a layer width these options cannot split (ValueError naming both)."""
@@ -80,11 +82,12 @@ class LocalSelfAttention2d(nn.Module):
         content: bool = True,
         qkv_bias: bool = False,
         backend: str = "auto",
+        padding: str = "mask",
     ) -> None:
         super().__init__()
         config = AttentionConfig(
             kernel_size=kernel_size, num_heads=num_heads, positional=positional, content=content,
-            qkv_bias=qkv_bias, backend=backend,
+            qkv_bias=qkv_bias, backend=backend, padding=padding,
         )
         config.check_channels(out_channels)
         if stride not in (1, 2):
@@ -94,7 +97,8 @@ class LocalSelfAttention2d(nn.Module):
         self.kernel_size, self.num_heads = config.kernel_size, config.num_heads
         self.positional, self.content, self.backend = config.positional, config.content, config.backend
         self.head_dim = out_channels // config.num_heads
-        self.qkv = nn.Conv2d(in_channels, 3 * out_channels, 1, bias=qkv_bias)
+        # content=False (paper Table 6, q·r only) has no key projection at all: the conv makes [q | v]
+        self.qkv = nn.Conv2d(in_channels, (3 if content else 2) * out_channels, 1, bias=qkv_bias)
         self.rel_pos = RelativePositionEmbedding2d(out_channels, config.kernel_size) if positional == "relative" else None
         self.reset_parameters()
 
@@ -113,18 +117,18 @@ class LocalSelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
-        q, k, v = qkv.chunk(3, dim=1)
-        if self.positional == "absolute":
+        if not self.content:  # zero keys leave the q·r logit alone
+            q, v = qkv.chunk(2, dim=1)
+            qkv = torch.cat([q, torch.zeros_like(q), v], dim=1)
+        elif self.positional == "absolute":
+            q, k, v = qkv.chunk(3, dim=1)
             k = k + sinusoidal_position_2d(self.out_channels, *x.shape[-2:], device=x.device, dtype=k.dtype)
-        if not self.content:
-            k = torch.zeros_like(k)
-        if self.positional == "absolute" or not self.content:
             qkv = torch.cat([q, k, v], dim=1)
         rel_pos = self.rel_pos(self.num_heads) if self.rel_pos is not None else None
         # the layout-native entry: the kernel reads the projection in place and writes (B, C, H, W)
         out = local_attention2d_packed(
             qkv, num_heads=self.num_heads, kernel_size=self.kernel_size, rel_pos=rel_pos,
-            scale=self.head_dim**-0.5, backend=self.backend,
+            scale=self.head_dim**-0.5, backend=self.backend, padding=self.config.padding,
         )
         if self.stride == 2:
             out = F.avg_pool2d(out, 2, 2, ceil_mode=True)
@@ -135,7 +139,7 @@ class LocalSelfAttention2d(nn.Module):
         b, _, h, w = input_shape
         return local_attention2d_macs(
             batch=b, heads=self.num_heads, height=h, width=w, dim=self.head_dim, value_dim=self.head_dim,
-            kernel_size=self.kernel_size, relative=self.rel_pos is not None,
+            kernel_size=self.kernel_size, relative=self.rel_pos is not None, content=self.content,
         )
 
     def extra_repr(self) -> str:

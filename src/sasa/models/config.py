@@ -10,6 +10,7 @@ from sasa.layers.spatial import resolve_mixer_options
 
 BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
 STEMS = ("conv", "attention", "blocks")
+STEM_VALUES = ("spatially-aware", "plain", "conv")  # paper Table 7: the attention stem's values
 
 
 def _positive_ints(name: str, values: Any, count: int) -> tuple[int, ...]:
@@ -19,6 +20,20 @@ def _positive_ints(name: str, values: Any, count: int) -> tuple[int, ...]:
     if min(result) <= 0:
         raise ValueError(f"{name} must be {count} positive integers, got {values!r}")
     return result
+
+
+def _stages(values: Any) -> tuple[int, ...]:
+    """A subset of the stages 1..4, as a sorted tuple; a string of digits ("234", as in the ablation rows) is accepted."""
+    if isinstance(values, str):
+        if not all(ch in "1234" for ch in values):
+            raise ValueError(f"mixer_stages must name stages among 1, 2, 3, 4, got {values!r}")
+        values = [int(ch) for ch in values]
+    if isinstance(values, (int, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"mixer_stages must be a collection of stages among 1, 2, 3, 4, got {values!r}")
+    stages = [check_integer("mixer_stages", value) for value in values]
+    if any(stage not in (1, 2, 3, 4) for stage in stages) or len(set(stages)) != len(stages):
+        raise ValueError(f"mixer_stages must be distinct stages among 1, 2, 3, 4, got {values!r}")
+    return tuple(sorted(stages))
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,8 @@ class ResNetConfig:
     # spatial mixer (width stem_channels, the first with stride 2) + 3×3/2 max pool (Full Axial-Attention)
     stem: str = "conv"
     spatial: str = "conv"  # the bottleneck's spatial mixer: a name registered in sasa.layers.spatial
+    # the stages (1..4) whose bottlenecks use ``spatial``; the others keep the 3×3 conv (paper Table 3)
+    mixer_stages: tuple[int, ...] = (1, 2, 3, 4)
     # options of the spatial mixer (its registered config type; AttentionConfig for "conv", which ignores it);
     # None: the mixer's defaults; a dict (e.g. read back from JSON) is converted
     attention: Any = None
@@ -41,6 +58,9 @@ class ResNetConfig:
     stem_channels: int = 64
     stem_heads: int = 1
     stem_value_mixtures: int = 4
+    # attention stem only: "spatially-aware" (m value matrices mixed by position), "plain" (one value
+    # projection) or "conv" (values from a 4×4 convolution) — paper Table 7
+    stem_values: str = "spatially-aware"
     zero_init_residual: bool = False
     drop_rate: float = 0.0
 
@@ -53,6 +73,9 @@ class ResNetConfig:
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
             set_(name, value)
+        set_("mixer_stages", _stages(self.mixer_stages))
+        if self.stem_values not in STEM_VALUES:
+            raise ValueError(f"stem_values must be one of {STEM_VALUES}, got {self.stem_values!r}")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.spatial not in SPATIAL_MIXERS:
@@ -115,4 +138,4 @@ def _axial_configs() -> dict[str, ResNetConfig]:
 MODEL_CONFIGS: dict[str, ResNetConfig] = _depth_configs() | _axial_configs()
 
 # kept for type checkers and readers: the options object of the attention models
-__all__ = ["AttentionConfig", "AxialConfig", "BLOCKS", "MODEL_CONFIGS", "ResNetConfig", "STEMS"]
+__all__ = ["AttentionConfig", "AxialConfig", "BLOCKS", "MODEL_CONFIGS", "ResNetConfig", "STEMS", "STEM_VALUES"]

@@ -28,12 +28,12 @@ def init_conv_bn_(module: nn.Module) -> None:
 class Bottleneck(nn.Module):
     """1×1 reduce -> spatial mixer (3×3 conv, local attention or an axial pair) -> 1×1 expand, plus shortcut."""
 
-    def __init__(self, in_channels: int, width: int, *, stride: int, config: ResNetConfig) -> None:
+    def __init__(self, in_channels: int, width: int, *, stride: int, config: ResNetConfig, spatial: str) -> None:
         super().__init__()
         out_channels = width * config.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = create_spatial_mixer(config.spatial, width, width, stride=stride, config=config.attention)
+        self.conv2 = create_spatial_mixer(spatial, width, width, stride=stride, config=config.attention)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -69,22 +69,25 @@ class ResNet(nn.Module):
         elif config.stem == "attention":
             self.stem = AttentionStem(
                 in_chans, config.stem_channels, num_heads=config.stem_heads,
-                num_value_mixtures=config.stem_value_mixtures,
+                num_value_mixtures=config.stem_value_mixtures, values=config.stem_values,
             )
         else:  # "blocks": the stand-alone stem of Full Axial-Attention (SPEC §8)
             width, out = config.stem_channels, config.stem_channels * config.expansion
             self.stem = nn.Sequential(
-                Bottleneck(in_chans, width, stride=2, config=config),
-                Bottleneck(out, width, stride=1, config=config),
-                Bottleneck(out, width, stride=1, config=config),
+                Bottleneck(in_chans, width, stride=2, config=config, spatial=config.spatial),
+                Bottleneck(out, width, stride=1, config=config, spatial=config.spatial),
+                Bottleneck(out, width, stride=1, config=config, spatial=config.spatial),
                 nn.MaxPool2d(3, stride=2, padding=1),
             )
         channels = config.stem_channels * (config.expansion if config.stem == "blocks" else 1)
         for index, (blocks, width) in enumerate(zip(config.layers, config.widths)):
             stride = 1 if index == 0 else 2
+            spatial = config.spatial if index + 1 in config.mixer_stages else "conv"
             stage = []
             for block in range(blocks):
-                stage.append(Bottleneck(channels, width, stride=stride if block == 0 else 1, config=config))
+                stage.append(
+                    Bottleneck(channels, width, stride=stride if block == 0 else 1, config=config, spatial=spatial)
+                )
                 channels = width * config.expansion
             setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
         self.num_features = channels
