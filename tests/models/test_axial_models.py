@@ -1,4 +1,10 @@
 """Axial-ResNets (Axial-DeepLab, SPEC §8): sizes vs the paper, every model trains, any input size, timm, detection."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -93,3 +99,21 @@ def test_detection_backbone():
     model.eval()
     with torch.no_grad():
         assert len(model([torch.rand(3, 64, 96)])) == 1
+
+
+def _sasa_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(Path(sasa.__file__).parents[1]), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "sasa", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_profile_and_train(tmp_path):
+    done = _sasa_cli("profile", "axial_resnet26_s", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)
+    assert row["params"] == pytest.approx(6.01e6, rel=0.01)
+    done = _sasa_cli(
+        "train", "--model", "axial_resnet26_s", "--data", "digits", "--out", str(tmp_path / "run"), "--epochs", "1",
+        "--limit-train", "64", "--limit-val", "32", "--batch-size", "32", "--img-size", "16", "--quiet", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "best.safetensors").exists()
