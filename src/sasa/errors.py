@@ -6,5 +6,7 @@ code 2; any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 
-class UserError(Exception):
-    """A problem with the user's input, stated in one line that names the offending value."""
+class UserError(ValueError):
+    """A problem with the user's input, stated in one line that names the offending value.
+
+    A ValueError, so that code catching bad values from the API keeps working."""

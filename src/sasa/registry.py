@@ -5,14 +5,16 @@ import dataclasses
 import difflib
 from typing import Mapping, TypeVar
 
+from sasa.errors import UserError
+
 Config = TypeVar("Config")
 
 
-def unknown_name_error(kind: str, name: str, known: list[str]) -> ValueError:
-    """``ValueError`` naming ``name`` and suggesting the closest of ``known``."""
+def unknown_name_error(kind: str, name: str, known: list[str]) -> UserError:
+    """:class:`~sasa.errors.UserError` (a ValueError) naming ``name`` and suggesting the closest of ``known``."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown {kind} {name!r}{hint} Known {kind}s: {', '.join(known)}")
+    return UserError(f"unknown {kind} {name!r}{hint} Known {kind}s: {', '.join(known)}")
 
 
 def resolve(kind: str, registry: Mapping[str, Config], name: str, overrides: dict) -> Config:

@@ -69,10 +69,10 @@ def test_image_folder_loads_classes_and_subsets(tmp_path):
 @pytest.mark.parametrize(
     "setup, error, message",
     [
-        (lambda root: None, FileNotFoundError, "neither 'digits' nor an existing folder"),
-        (lambda root: root.mkdir(), FileNotFoundError, "no train/ or val/"),
-        (lambda root: make_image_folder(root, splits=("train",)), FileNotFoundError, "no val/"),
-        (lambda root: ((root / "train").mkdir(parents=True), (root / "val").mkdir()), ValueError, "no class folders"),
+        (lambda root: None, UserError, "neither 'digits' nor an existing folder"),
+        (lambda root: root.mkdir(), UserError, "no train/ or val/"),
+        (lambda root: make_image_folder(root, splits=("train",)), UserError, "no val/"),
+        (lambda root: ((root / "train").mkdir(parents=True), (root / "val").mkdir()), UserError, "no class folders"),
         (lambda root: ((root / "train" / "a").mkdir(parents=True), (root / "val" / "a").mkdir(parents=True)),
          ValueError, "no image files"),
     ],

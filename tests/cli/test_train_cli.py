@@ -29,8 +29,9 @@ def test_train_writes_the_run_directory(run_dir):
     assert names == {"config.json", "metrics.csv", "metrics.jsonl", "curves.png", "last.safetensors",
                      "best.safetensors", "state.pt"}
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["model"] == "resnet26" and config["model_config"]["layers"] == [1, 2, 4, 1]
-    assert config["recipe"] == "digits" and config["lr"] > 0 and config["train_images"] == 96
+    assert config["task"] == "classification" and config["options"]["model"] == "resnet26"
+    assert config["model_config"]["layers"] == [1, 2, 4, 1]
+    assert config["recipe"] == "digits" and config["options"]["lr"] > 0 and config["train_images"] == 96
     (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for key in ("epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr", "images_per_s",
                 "epoch_seconds"):

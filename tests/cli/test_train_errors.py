@@ -96,8 +96,19 @@ def test_existing_run_is_not_overwritten_without_force(capsys, tmp_path):
     out.mkdir()
     (out / "config.json").write_text("precious")
     code, err = run_main(capsys, "train", "--model", "resnet26", "--data", "digits", "--out", str(out), *SMALL)
-    assert code == 2 and len(err) == 1 and "--resume" in err[0] and "--force" in err[0]
+    assert code == 2 and len(err) == 1 and "--force" in err[0]
     assert (out / "config.json").read_text() == "precious"
+
+
+def test_item32_resume_hint_only_when_state_exists(capsys, tmp_path, checkpoint):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a run that failed before its first epoch: no state.pt
+    code, err = run_main(capsys, "train", "--model", "resnet26", "--data", "digits", "--out", str(out), *SMALL)
+    assert code == 2 and len(err) == 1 and "--force" in err[0] and "--resume" not in err[0]
+    code, err = run_main(capsys, "train", "--model", "resnet26", "--data", "digits", "--out", str(checkpoint.parent),
+                         *SMALL)
+    assert code == 2 and len(err) == 1 and f"--resume {checkpoint.parent}" in err[0]
 
 
 def test_resume_errors(capsys, tmp_path, checkpoint):
@@ -133,7 +144,8 @@ def test_eval_refuses_weights_that_do_not_fit_their_metadata(capsys, tmp_path, c
     from sasa.engine import load_weights, save_weights
 
     weights, meta = load_weights(checkpoint)
-    save_weights(tmp_path / "lying.safetensors", weights, {**meta, "num_classes": 7})
+    names = [str(i) for i in range(7)]
+    save_weights(tmp_path / "lying.safetensors", weights, {**meta, "num_classes": 7, "class_names": names})
     code, err = run_main(capsys, "eval", "--checkpoint", str(tmp_path / "lying.safetensors"), "--data", "digits")
     assert code == 2 and len(err) == 1 and "do not fit model 'resnet26' with 7 classes" in err[0]
     (tmp_path / "junk.safetensors").write_bytes(b"junk")

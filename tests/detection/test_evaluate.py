@@ -47,7 +47,7 @@ def test_detection_task_evaluates_real_detections(tmp_path):
     from sasa.detection import create_detector
     from sasa.detection.data import CocoDetection, collate_detection
     from sasa.detection.shapes import generate_shapes
-    from sasa.detection.train import DetectionTask
+    from sasa.detection.task import DetectionTask
     from sasa.engine import DistributedContext
     from sasa.engine.trainer import autocast_factory
 
@@ -89,7 +89,7 @@ def test_item21_detect_eval_on_a_set_whose_images_were_all_dropped_is_an_error(t
     from sasa.detection import create_detector
     from sasa.detection.data import CocoDetection
     from sasa.detection.shapes import generate_shapes
-    from sasa.detection.train import checkpoint_metadata
+    from sasa.detection.checkpoint import detector_metadata
     from sasa.engine import save_weights
 
     root = generate_shapes(tmp_path / "shapes", num_train=0, num_val=2, img_size=32)
@@ -97,8 +97,8 @@ def test_item21_detect_eval_on_a_set_whose_images_were_all_dropped_is_an_error(t
     dataset = CocoDetection(root / "val", ann)
     model = create_detector("retinanet_resnet26", num_classes=3, min_size=32, max_size=32, fpn_channels=32,
                             anchor_size=8)
-    options = {"model": "retinanet_resnet26"}
-    save_weights(tmp_path / "w.safetensors", model.state_dict(), checkpoint_metadata(options, model, dataset))
+    metadata = detector_metadata("retinanet_resnet26", model.config, dataset)
+    save_weights(tmp_path / "w.safetensors", model.state_dict(), metadata)
     for path in (root / "val").glob("*.png"):  # every image now differs in size from the json: all dropped
         Image.new("RGB", (33, 32)).save(path)
     out = tmp_path / "metrics.json"

@@ -4,7 +4,8 @@ import json
 import pytest
 from PIL import Image
 
-from sasa.detection.train import resolve_options, train
+from sasa.detection.options import resolve_options
+from sasa.detection.train import train
 from sasa.errors import UserError
 
 
@@ -24,7 +25,7 @@ def test_item9_train_and_val_category_ids_must_match_not_only_names(tmp_path):
     val_images, val_ann = _coco_split(tmp_path, "val", [11, 12, 13])  # same names, other ids
     options = resolve_options({"data": "coco", "images": images, "ann": ann, "val_images": val_images,
                                "val_ann": val_ann, "img_size": 32, "fpn_channels": 32, "anchor_size": 8,
-                               "epochs": 2, "warmup_epochs": 0.0})
+                               "epochs": 2, "warmup_epochs": 0.0, "quiet": True})
     with pytest.raises(UserError, match=r"categories \(id, name\) differ: .*\(1, 'a'\).*\(11, 'a'\)"):
-        train(options, out=str(tmp_path / "run"), quiet=True)
+        train(options, out=str(tmp_path / "run"))
     assert not (tmp_path / "run" / "last.safetensors").exists()

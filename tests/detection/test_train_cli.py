@@ -71,7 +71,8 @@ def test_shapes_default_reaches_ap50(tmp_path, cache, capsys, model):
 
 
 def test_torchrun_two_cpu_processes(tmp_path, cache):
-    """DDP: both ranks train, rank 0 writes; the sharded evaluation equals a single-process one."""
+    """DDP: both ranks train, rank 0 writes; the sharded evaluation equals a single-process one.
+    --batch-size is global (3 images per process)."""
     import os
     import subprocess
     import sys
@@ -80,7 +81,7 @@ def test_torchrun_two_cpu_processes(tmp_path, cache):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SASA_CACHE": str(cache)}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sasa",
-         "detect-train", "--out", str(out), *TINY, "--epochs", "1", "--device", "cpu"],
+         "detect-train", "--out", str(out), *TINY, "--epochs", "1", "--device", "cpu", "--batch-size", "6"],
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]

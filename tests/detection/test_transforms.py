@@ -63,10 +63,10 @@ def test_dataset_and_detector_keep_the_jittered_size():
 
 
 def test_coco_recipe_jitters_and_bad_ranges_fail():
-    from sasa.detection.train import resolve_options
+    from sasa.detection.options import resolve_options
 
     paths = {"images": "i", "ann": "a.json", "val_images": "v", "val_ann": "v.json"}
-    assert resolve_options({"data": "coco", **paths})["scale_jitter"] == [0.8, 1.2]
-    assert resolve_options({"data": "shapes"})["scale_jitter"] is None
+    assert resolve_options({"data": "coco", **paths}).scale_jitter == [0.8, 1.2]
+    assert resolve_options({"data": "shapes"}).scale_jitter is None
     with pytest.raises(ValueError, match="scale_jitter"):
         resolve_options({"data": "shapes", "scale_jitter": [1.2, 0.8]})

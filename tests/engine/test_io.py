@@ -1,11 +1,14 @@
 import os
 
 import pytest
+
+from sasa.errors import UserError
 import torch
 
 from sasa.engine import atomic_write_text, load_state, load_weights, save_state, save_weights
 from sasa.engine import io as engine_io
 from sasa.engine.trainer import rng_state, set_rng_state
+from sasa.errors import UserError
 
 
 def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
@@ -40,7 +43,7 @@ def test_weights_round_trip_with_metadata(tmp_path):
 
 
 def test_load_weights_errors_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    with pytest.raises(UserError, match="nope.safetensors"):
         load_weights(tmp_path / "nope.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
@@ -64,5 +67,5 @@ def test_corrupt_state_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="state.pt"):
         load_state(tmp_path / "state.pt")
     assert not os.path.exists(tmp_path / "missing.pt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError):
         load_state(tmp_path / "missing.pt")

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from sasa.engine import RunDir
+from sasa.errors import UserError
 
 
 def test_create_refuses_a_non_empty_directory_unless_forced(tmp_path):
@@ -11,7 +12,10 @@ def test_create_refuses_a_non_empty_directory_unless_forced(tmp_path):
     run = RunDir.create(run_path)
     run.write_config({"a": 1})
     (run_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(UserError, match="use --force"):  # no state.pt: nothing to --resume
+        RunDir.create(run_path)
+    run.state.write_bytes(b"x")
+    with pytest.raises(UserError, match="--resume"):
         RunDir.create(run_path)
     assert run.config.is_file()
     RunDir.create(run_path, force=True)
@@ -25,11 +29,11 @@ def test_check_only_create_writes_nothing(tmp_path):
 
 
 def test_open_existing_needs_config_and_state(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         RunDir.open_existing(tmp_path / "nope")
     run = RunDir.create(tmp_path / "run")
     run.write_config({})
-    with pytest.raises(FileNotFoundError, match="state.pt"):
+    with pytest.raises(UserError, match="state.pt"):
         RunDir.open_existing(tmp_path / "run")
 
 
@@ -52,9 +56,9 @@ def test_a_locked_run_cannot_be_taken_over(tmp_path):
         " time.sleep(60)"), str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(FileExistsError, match="in use by another training process"):
+        with pytest.raises(UserError, match="in use by another training process"):
             RunDir.create(tmp_path / "run", force=True)
-        with pytest.raises(FileExistsError, match="in use"):
+        with pytest.raises(UserError, match="in use"):
             RunDir(tmp_path / "run").lock()
     finally:
         holder.kill()

@@ -225,10 +225,10 @@ def _check_classes(root: Path, classes: list[str], samples: list[tuple[str, int]
 
 def _check_split(root: Path, what: str) -> list[str]:
     if not root.is_dir():
-        raise FileNotFoundError(f"{what}: folder {str(root)!r} does not exist")
+        raise UserError(f"{what}: folder {str(root)!r} does not exist")
     classes = _class_dirs(root)
     if not classes:
-        raise ValueError(f"{what}: folder {str(root)!r} has no class folders (expected {root}/CLASS_NAME/IMAGE)")
+        raise UserError(f"{what}: folder {str(root)!r} has no class folders (expected {root}/CLASS_NAME/IMAGE)")
     return classes
 
 
@@ -251,24 +251,24 @@ def load_folder_data(root: str | Path, *, img_size: int, train: bool = True) -> 
     """``root/train`` and ``root/val`` (``train=False``: only ``val``; ``root`` itself if it has no ``val``)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data {str(root)!r} is neither 'digits' nor an existing folder")
+        raise UserError(f"data {str(root)!r} is neither 'digits' nor an existing folder")
     train_tf, eval_tf = folder_transforms(img_size)
     layout = f"expected ImageFolder layout {root}/train/CLASS/IMAGE and {root}/val/CLASS/IMAGE"
     if train:
         if not (root / "train").is_dir() or not (root / "val").is_dir():
             missing = [name for name in ("train", "val") if not (root / name).is_dir()]
-            raise FileNotFoundError(f"data folder {str(root)!r} has no {' or '.join(m + '/' for m in missing)} ({layout})")
+            raise UserError(f"data folder {str(root)!r} has no {' or '.join(m + '/' for m in missing)} ({layout})")
         classes = _check_split(root / "train", "training data")
         val_classes = _check_split(root / "val", "validation data")
         if classes != val_classes:
             only_train = sorted(set(classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(classes))
-            raise ValueError(
+            raise UserError(
                 f"train/ and val/ of {str(root)!r} have different classes: only in train: {only_train}, only in val: {only_val}"
             )
         train_samples = _samples(root / "train", classes)
         if not train_samples:
-            raise ValueError(f"training data: {str(root / 'train')!r} has class folders but no image files {IMAGE_EXTENSIONS}")
+            raise UserError(f"training data: {str(root / 'train')!r} has class folders but no image files {IMAGE_EXTENSIONS}")
         _check_classes(root / "train", classes, train_samples, what="training data", training=True)
         train_set = SkippingImageFolder(train_samples, train_tf, replace_unreadable=True)
     else:
@@ -277,7 +277,7 @@ def load_folder_data(root: str | Path, *, img_size: int, train: bool = True) -> 
     val_root = root / "val" if (root / "val").is_dir() else root
     val_samples = _samples(val_root, classes)
     if not val_samples:
-        raise ValueError(f"validation data: {str(val_root)!r} has class folders but no image files {IMAGE_EXTENSIONS}")
+        raise UserError(f"validation data: {str(val_root)!r} has class folders but no image files {IMAGE_EXTENSIONS}")
     _check_classes(val_root, classes, val_samples, what="validation data", training=False)
     return ClassificationData(
         name=str(root), kind="folder", train=train_set, val=SkippingImageFolder(val_samples, eval_tf),

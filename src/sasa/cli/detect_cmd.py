@@ -15,7 +15,15 @@ import json
 import sys
 from pathlib import Path
 
-from sasa.cli.options import fraction, non_negative_float, non_negative_int, positive_float, positive_int
+from sasa.cli.options import (
+    add_option_flags,
+    fraction,
+    given_options,
+    non_negative_int,
+    positive_int,
+)
+from sasa.detection.options import RECIPES, DetectionOptions
+from sasa.errors import UserError
 
 
 def add_parser(subparsers) -> None:
@@ -50,9 +58,9 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Train a RetinaNet. Options left out take the value of the --data recipe.\n"
-            "coco (paper appendix A.3): 150 epochs, batch 64, lr 0.12 warmed up linearly over 1 epoch then cosine,\n"
-            "  multiscale jitter, crop to a maximum dimension of 640, horizontal flip p=0.5. Assumptions (the paper\n"
-            "  does not state them): jitter scales 0.8-1.2, SGD Nesterov momentum 0.9, weight decay 1e-4, no clipping.\n"
+            "coco (paper appendix A.3): 150 epochs, global batch 64, lr 0.12 warmed up linearly over 1 epoch then\n"
+            "  cosine, multiscale jitter, crop to a maximum dimension of 640, horizontal flip p=0.5. Assumptions (the\n"
+            "  paper does not state them): jitter scales 0.8-1.2, SGD Nesterov momentum 0.9, weight decay 1e-4.\n"
             "shapes: generated data, 96x96, retinanet_resnet26 with a 64-channel FPN, AdamW 1e-3, 12 epochs.\n"
             "Backbone transfer: `sasa detect-data shape-crops --out D`, `sasa train --model M --data D ...`, then\n"
             "  --backbone-weights RUN/best.safetensors with a detector whose backbone is M (README)."
@@ -61,46 +69,7 @@ def add_parser(subparsers) -> None:
     train.add_argument("--out", help="run directory (required unless --resume)")
     train.add_argument("--resume", metavar="RUN", help="continue the run in RUN after its last completed epoch")
     train.add_argument("--force", action="store_true", help="overwrite the run files in an existing --out")
-    train.add_argument("--data", choices=("shapes", "coco"), help="shapes (default, generated) or coco (your files)")
-    train.add_argument("--images", help="training image folder (--data coco)")
-    train.add_argument("--ann", help="training COCO annotation json (--data coco)")
-    train.add_argument("--val-images", help="validation image folder (--data coco)")
-    train.add_argument("--val-ann", help="validation COCO annotation json (--data coco)")
-    train.add_argument("--shapes-train", type=positive_int, help="generated training images (shapes: 1000)")
-    train.add_argument("--shapes-val", type=positive_int, help="generated validation images (shapes: 200)")
-    train.add_argument("--shapes-seed", type=non_negative_int)
-    train.add_argument("--model", help="detector name, see `sasa detectors` (shapes: retinanet_resnet26)")
-    train.add_argument("--backbone", help="override the backbone: any `sasa models` name, e.g. sa_resnet26")
-    train.add_argument("--head", choices=("conv", "attention"), help="spatial layers of the FPN and heads")
-    train.add_argument("--head-residual", action="store_true", default=None,
-                       help="--head attention: x + attn(x) in the FPN and subnets (not the paper's form)")
-    train.add_argument("--kernel-size", type=positive_int)
-    train.add_argument("--num-heads", type=positive_int)
-    train.add_argument("--backend", help="local_attention2d backend (default auto)")
-    train.add_argument("--img-size", type=positive_int,
-                       help="shapes image size and default --min/--max-size (shapes: 96, coco: 640)")
-    train.add_argument("--min-size", type=positive_int, help="resize so the short side is this")
-    train.add_argument("--max-size", type=positive_int, help="... and the long side at most this")
-    train.add_argument("--fpn-channels", type=positive_int, help="FPN/head width (shapes: 64, coco: 256)")
-    train.add_argument("--anchor-size", type=positive_int, help="P3 anchor base size (shapes: 12, coco: 32)")
-    train.add_argument("--backbone-weights", metavar="CKPT",
-                       help="start the backbone from a `sasa train` checkpoint of the same model and options")
-    train.add_argument("--scale-jitter", type=positive_float, nargs=2, metavar=("MIN", "MAX"),
-                       help="multiscale jitter: long side max-size×U(MIN, MAX), then a random crop to max-size "
-                            "(coco: 0.8 1.2, a range the paper does not state; shapes: off)")
-    train.add_argument("--epochs", type=positive_int)
-    train.add_argument("--batch-size", type=positive_int, help="per process")
-    train.add_argument("--opt", choices=("sgd", "adamw"))
-    train.add_argument("--lr", type=positive_float)
-    train.add_argument("--weight-decay", type=non_negative_float)
-    train.add_argument("--warmup-epochs", type=non_negative_float)
-    train.add_argument("--grad-clip", type=positive_float)
-    train.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CPU, fp16 on CUDA")
-    train.add_argument("--seed", type=non_negative_int)
-    train.add_argument("--workers", type=non_negative_int, help="data loader workers per process (default 0)")
-    train.add_argument("--stop-after", type=positive_int, help="stop after this many epochs (resume later)")
-    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    train.add_argument("--quiet", action="store_true", help="only the per-epoch summary lines")
+    add_option_flags(train, DetectionOptions, RECIPES)
     train.set_defaults(func=run_detect_train)
 
     evaluate = subparsers.add_parser("detect-eval", help="COCO box mAP of a detection checkpoint")
@@ -156,71 +125,34 @@ def run_detect_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_OPTION_KEYS = (
-    "data", "images", "ann", "val_images", "val_ann", "shapes_train", "shapes_val", "shapes_seed", "model", "backbone",
-    "head", "head_residual", "kernel_size", "num_heads", "backend", "img_size",
-    "min_size", "max_size", "fpn_channels", "anchor_size",
-    "epochs", "batch_size", "opt", "lr", "weight_decay", "warmup_epochs", "grad_clip", "amp", "seed", "workers",
-    "stop_after", "backbone_weights", "scale_jitter",
-)
-
-
 def run_detect_train(args: argparse.Namespace) -> int:
-    from sasa.detection.train import resolve_options, train
+    from sasa.detection.options import resolve_options
+    from sasa.detection.train import resume, train
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
-        raise ValueError("give either --out (a new run) or --resume RUN, not both")
-    if not args.resume and not args.out:
-        raise ValueError("--out RUN is required (or --resume RUN to continue a run)")
-    given = {key: getattr(args, key) for key in TRAIN_OPTION_KEYS}
+        raise UserError("give either --out (a new run) or --resume RUN, not both")
+    given = given_options(args, DetectionOptions)
     if args.resume:
-        fixed = [key for key, value in given.items() if value is not None and key not in ("stop_after", "workers")]
-        if fixed:
-            flags = ", ".join("--" + key.replace("_", "-") for key in fixed)
-            raise ValueError(f"--resume continues the run with its saved options (RUN/config.json); drop {flags}")
-        options = {"stop_after": args.stop_after, "workers": args.workers}
+        result = resume(args.resume, **given)
     else:
         options = resolve_options(given)
-    rows = train(options, out=args.resume or args.out, resume=bool(args.resume), force=args.force,
-                 device=args.device, quiet=args.quiet)
-    if rows:
-        last = rows[-1]
+        if not args.out:
+            raise UserError("--out RUN is required (or --resume RUN to continue a run)")
+        result = train(options, out=args.out, force=args.force)
+    if result is not None and result.rows:
+        last = result.rows[-1]
         print(json.dumps({key: last[key] for key in last if key.startswith("val_") or key == "epoch"}))
     return 0
 
 
-def _data_for_checkpoint(checkpoint: str, images: str | None, ann: str | None) -> tuple[str, str]:
-    """--images/--ann, or the validation set recorded in the run directory beside the checkpoint."""
-    if images and ann:
-        return images, ann
-    if images or ann:
-        raise ValueError("give both --images and --ann, or neither (to use the run's validation set)")
-    config = Path(checkpoint).parent / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"no --images/--ann given and no run config at {str(config)!r} to find the validation set")
-    paths = json.loads(config.read_text())["data"]
-    return paths["val_images"], paths["val_ann"]
-
-
 def run_detect_eval(args: argparse.Namespace) -> int:
-    import torch
+    from sasa.detection.evaluate import evaluate_checkpoint
+    from sasa.engine import atomic_write_json, check_output_file
 
-    from sasa.detection.data import CocoDetection, collate_detection
-    from sasa.detection.evaluate import evaluate_detector
-    from sasa.detection.train import load_detector
-    from sasa.engine import atomic_write_json, resolve_device
-
-    device = resolve_device(args.device)
-    model, metadata = load_detector(args.checkpoint, device=device)
-    images, ann = _data_for_checkpoint(args.checkpoint, args.images, args.ann)
-    dataset = CocoDetection(images, ann)
-    print(dataset.report.summary(), file=sys.stderr)
-    if dataset.label_to_category_id != metadata["category_ids"]:
-        raise ValueError(f"{ann}: category ids {dataset.label_to_category_id} differ from the checkpoint's "
-                         f"{metadata['category_ids']}")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate_detection)
-    metrics = evaluate_detector(model, dataset, loader, device=device)
-    result = {"checkpoint": args.checkpoint, "images": images, "ann": ann, "num_images": len(dataset), **metrics}
+    if args.out:
+        check_output_file(args.out)  # before the evaluation
+    result = evaluate_checkpoint(args.checkpoint, images=args.images, ann=args.ann, batch_size=args.batch_size,
+                                 device=args.device, report=lambda text: print(text, file=sys.stderr))
     if args.out:
         atomic_write_json(args.out, result)
     print(json.dumps(result))
@@ -228,40 +160,10 @@ def run_detect_eval(args: argparse.Namespace) -> int:
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    import torch
-    from PIL import UnidentifiedImageError
-    from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+    from sasa.detection.predict import detect_images
 
-    from sasa.detection.draw import draw_detections
-    from sasa.detection.train import load_detector
-    from sasa.engine import atomic_write_json, resolve_device
-    from sasa.images import open_rgb
-
-    device = resolve_device(args.device)
-    loaded = []
-    for path in args.images:  # read every image first: a bad one fails before any work
-        try:
-            loaded.append((Path(path), pil_to_tensor(open_rgb(path))))  # 16-bit images scaled, not clipped
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image {path!r} does not exist") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read image {path!r}: {error}") from None
-    model, metadata = load_detector(args.checkpoint, device=device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    names, records = metadata["class_names"], []
-    with torch.no_grad():
-        for path, image in loaded:
-            detection = model([image.float().div(255).to(device)])[0]
-            detection = {key: value.cpu() for key, value in detection.items()}
-            target = out / f"{path.stem}.png"
-            to_pil_image(draw_detections(image, detection, names, score_thresh=args.score_thresh)).save(target)
-            keep = detection["scores"] >= args.score_thresh
-            records.append({"image": str(path), "output": str(target), "detections": [
-                {"label": names[label], "score": round(score, 4), "box_xyxy": [round(v, 1) for v in box]}
-                for box, score, label in zip(detection["boxes"][keep].tolist(), detection["scores"][keep].tolist(),
-                                             detection["labels"][keep].tolist())
-            ]})
-            print(f"{path} -> {target}: {len(records[-1]['detections'])} detections")
-    atomic_write_json(out / "detections.json", records)
+    records = detect_images(args.checkpoint, args.images, out=args.out, score_thresh=args.score_thresh,
+                            device=args.device)
+    for record in records:
+        print(f"{record['image']} -> {record['output']}: {len(record['detections'])} detections")
     return 0

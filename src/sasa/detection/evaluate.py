@@ -81,3 +81,44 @@ def evaluate_detector(model: nn.Module, dataset, loader, *, device: torch.device
     results = predict(model, loader, device=device, label_to_category_id=dataset.label_to_category_id,
                       progress=progress)
     return coco_evaluate(dataset.coco, results, image_ids=[image["id"] for image in dataset.images])
+
+
+def evaluate_checkpoint(checkpoint: str, *, images: str | None = None, ann: str | None = None, batch_size: int = 8,
+                        device: str = "auto", report=None) -> dict:
+    """COCO metrics of a detection checkpoint on ``images``/``ann`` (default: the validation set recorded
+    in the run directory beside the checkpoint). ``report(text)`` receives the data loading summary."""
+    from sasa.detection.checkpoint import load_checkpoint
+    from sasa.detection.data import CocoDetection, collate_detection
+    from sasa.engine import resolve_device
+
+    device = resolve_device(device)
+    model, metadata = load_checkpoint(checkpoint, device=device)
+    images, ann = _data_for_checkpoint(checkpoint, images, ann)
+    dataset = CocoDetection(images, ann)
+    if report is not None:
+        report(dataset.report.summary())
+    if dataset.label_to_category_id != metadata["category_ids"]:
+        raise UserError(f"{ann}: category ids {dataset.label_to_category_id} differ from the checkpoint's "
+                        f"{metadata['category_ids']}")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection)
+    metrics = evaluate_detector(model, dataset, loader, device=device)
+    return {"checkpoint": str(checkpoint), "images": images, "ann": ann, "num_images": len(dataset), **metrics}
+
+
+def _data_for_checkpoint(checkpoint: str, images: str | None, ann: str | None) -> tuple[str, str]:
+    """--images/--ann, or the validation set recorded in the run directory beside the checkpoint."""
+    import json
+    from pathlib import Path
+
+    if images and ann:
+        return images, ann
+    if images or ann:
+        raise UserError("give both --images and --ann, or neither (to use the run's validation set)")
+    config = Path(checkpoint).parent / "config.json"
+    if not config.is_file():
+        raise UserError(f"no --images/--ann given and no run config at {str(config)!r} to find the validation set")
+    try:
+        paths = json.loads(config.read_text())["data"]
+        return paths["val_images"], paths["val_ann"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{str(config)!r} does not name a validation set ({error!r}); give --images and --ann") from None

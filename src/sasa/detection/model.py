@@ -46,6 +46,7 @@ from sasa.layers import LocalSelfAttention2d, create_spatial_mixer
 from sasa.models import create_model
 from sasa.models.registry import resolve_config
 from sasa.profile import count_flops, count_params
+from sasa.errors import UserError
 from sasa.registry import resolve
 
 ANCHOR_SCALES = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
@@ -250,33 +251,33 @@ def load_backbone_weights_(detector: RetinaNet, checkpoint: str | Path) -> dict:
     """In place: the detector's ResNet backbone takes the weights of a ``sasa train`` classifier checkpoint.
 
     The classifier must be the same registered model with the same options as the backbone (the
-    attention backend aside); otherwise a ValueError names both. The classifier's ``fc`` is dropped.
+    attention backend aside); otherwise a UserError names both. The classifier's ``fc`` is dropped.
     Returns the checkpoint's metadata.
     """
     state, metadata = load_weights(checkpoint)
     if "model_config" not in metadata or metadata.get("task") == "detection":
-        raise ValueError(f"--backbone-weights {str(checkpoint)!r} is not a classifier checkpoint written by `sasa train`")
+        raise UserError(f"--backbone-weights {str(checkpoint)!r} is not a classifier checkpoint written by `sasa train`")
     body = detector.backbone.body
     backbone = detector.config.backbone
     if metadata["model"] != backbone:
-        raise ValueError(f"--backbone-weights {str(checkpoint)!r} holds a {metadata['model']!r} classifier; "
+        raise UserError(f"--backbone-weights {str(checkpoint)!r} holds a {metadata['model']!r} classifier; "
                          f"the detector's backbone is {backbone!r}")
     ours, theirs = _weight_options(body.config), _weight_options(metadata["model_config"])
     # an option only one side names (added or removed since the checkpoint) counts at its default
     differ = sorted(key for key in ours.keys() & theirs.keys() if ours[key] != theirs[key])
     if differ:
-        raise ValueError(
+        raise UserError(
             f"--backbone-weights {str(checkpoint)!r}: its {metadata['model']!r} was built with "
             + ", ".join(f"{key}={theirs.get(key)!r}" for key in differ) + "; the detector's backbone has "
             + ", ".join(f"{key}={ours.get(key)!r}" for key in differ)
         )
     if int(metadata.get("in_chans", 3)) != 3:
-        raise ValueError(f"--backbone-weights {str(checkpoint)!r} takes {metadata['in_chans']}-channel images; "
+        raise UserError(f"--backbone-weights {str(checkpoint)!r} takes {metadata['in_chans']}-channel images; "
                          "detectors take RGB (3)")
     wanted = body.state_dict()
     missing = sorted(key for key in wanted if key not in state)
     if missing:
-        raise ValueError(f"--backbone-weights {str(checkpoint)!r} lacks backbone tensors, e.g. {missing[:3]}")
+        raise UserError(f"--backbone-weights {str(checkpoint)!r} lacks backbone tensors, e.g. {missing[:3]}")
     body.load_state_dict({key: state[key] for key in wanted})
     return metadata
 

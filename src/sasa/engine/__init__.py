@@ -12,23 +12,11 @@ A task plugs into :class:`Trainer` by implementing two methods (see :class:`Task
             ...                           # this rank's shard; reduce with all_reduce_sums(sums, ctx)
             return {"val_loss": ..., "val_top1": ...}
 
-and a command wires it up (``sasa.cli.train_cmd`` is the worked example)::
-
-    ctx = init_distributed(args.device)                    # torchrun env vars -> DDP (gloo CPU / nccl CUDA)
-    RunDir.create(out, force=..., create=False)             # every rank checks (refuses an existing run)
-    barrier(ctx)                                            # ... before rank 0 writes anything
-    run = RunDir.create(out, force=...) if ctx.is_main else RunDir(out)   # rank 0 creates + locks it
-    # resume: run = RunDir.open_existing(out); rank 0: run.lock()
-    seed_everything(seed); model = wrap_model(build(), ctx, sync_bn=...)
-    train_loader = make_loader(train_set, batch_size=b, train=True, ctx=ctx, seed=seed, collate_fn=...)
-    val_loader = make_loader(val_set, batch_size=b, train=False, ctx=ctx)
-    seed_everything(seed + ctx.rank)
-    trainer = Trainer(model=model, task=task, train_loader=..., val_loader=..., config=TrainConfig(...),
-                      run=run, ctx=ctx, progress=ProgressReporter(enabled=ctx.is_main, quiet=...),
-                      metadata={"model": name, "num_classes": ..., ...})  # stored in the safetensors
-    if resuming: trainer.resume()
-    rows = trainer.fit()
-    cleanup_distributed()
+and :func:`~sasa.engine.launch.launch` runs it: a task hands over its options (a :class:`TrainConfig`
+subclass) and a ``prepare(options, ctx, progress) -> TrainingJob`` (datasets, model builder, task,
+checkpoint metadata); the launcher does distributed set-up, run-directory checks and locking, config.json,
+seeding, DDP, loaders, resume and the epoch loop. ``sasa.classification.train`` and
+``sasa.detection.train`` are the two users. The engine imports no task package and no model.
 
 Modules:
 
@@ -37,11 +25,16 @@ Modules:
   (torch.save of the resumable state, loaded with ``weights_only=True``).
 * :mod:`~sasa.engine.run_dir` -- :class:`RunDir`: the run directory layout (config.json, metrics.csv,
   metrics.jsonl, curves.png, last/best.safetensors, state.pt), refuse-to-overwrite / ``force`` / resume,
-  ``lock()`` (flock on DIR/.lock: one training process per run directory).
+  ``lock()`` (flock on DIR/.lock: one training process per run directory), ``discard()`` (a failed start).
 * :mod:`~sasa.engine.distributed` -- :class:`DistributedContext`, ``init_distributed``,
   ``resolve_device``, ``make_loader`` (DistributedSampler for training, in a single process too;
   an unpadded shard sampler for evaluation), ``all_reduce_sums``, ``broadcast_object``, ``barrier``,
   ``wrap_model`` (SyncBatchNorm + DDP), ``unwrap_model``, ``cleanup_distributed``.
+* :mod:`~sasa.engine.options` -- :class:`Options` and :func:`option`: dataclass fields that carry their
+  flag help, value check and resume rule (``FIXED``, ``CHANGE``, ``SESSION``); recipes are instances.
+* :mod:`~sasa.engine.launch` -- :func:`launch`, :class:`TrainingJob`, :func:`resume_options`.
+* :mod:`~sasa.engine.checkpoint` -- the one checkpoint metadata schema (:func:`checkpoint_metadata`,
+  :func:`read_checkpoint`) that each task's ``load_checkpoint`` reads.
 * :mod:`~sasa.engine.progress` -- :class:`ProgressReporter`: tqdm bar per epoch on a TTY, plain lines
   otherwise, nothing but the per-epoch summary line with ``quiet``; silent on ranks other than 0.
 * :mod:`~sasa.engine.trainer` -- :class:`TrainConfig`, :class:`StepResult`, :class:`Task`,
@@ -67,15 +60,20 @@ from sasa.engine.distributed import (
     unwrap_model,
     wrap_model,
 )
+from sasa.engine.checkpoint import checkpoint_metadata, load_state_dict, read_checkpoint
 from sasa.engine.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    check_output_dir,
+    check_output_file,
     load_state,
     load_weights,
     save_state,
     save_weights,
 )
+from sasa.engine.launch import TrainingJob, TrainingResult, launch, resume_options
+from sasa.engine.options import Options, option
 from sasa.engine.progress import ProgressReporter
 from sasa.engine.run_dir import RunDir
 from sasa.engine.trainer import (
@@ -93,6 +91,8 @@ __all__ = [
     "DistributedContext", "ShardSampler", "all_reduce_sums", "barrier", "broadcast_object", "cleanup_distributed",
     "init_distributed", "make_loader", "resolve_device", "unwrap_model", "wrap_model",
     "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "load_state", "load_weights", "save_state",
-    "save_weights", "ProgressReporter", "RunDir", "StepResult", "Task", "TrainConfig", "Trainer",
+    "save_weights", "check_output_dir", "check_output_file", "checkpoint_metadata", "load_state_dict",
+    "read_checkpoint", "TrainingJob", "TrainingResult", "launch", "resume_options", "Options", "option",
+    "ProgressReporter", "RunDir", "StepResult", "Task", "TrainConfig", "Trainer",
     "autocast_factory", "build_optimizer", "build_scheduler", "seed_everything",
 ]

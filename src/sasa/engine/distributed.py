@@ -6,7 +6,6 @@ Only the main process (rank 0) writes files or prints.
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -162,7 +161,3 @@ def wrap_model(model: nn.Module, ctx: DistributedContext, *, sync_bn: bool = Fal
 def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
-
-def steps_per_epoch(num_samples: int, batch_size: int, ctx: DistributedContext, drop_last: bool) -> int:
-    per_rank = math.ceil(num_samples / ctx.world_size)
-    return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)

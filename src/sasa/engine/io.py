@@ -19,6 +19,40 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
+from sasa.errors import UserError
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output folder that cannot be made: an existing file, a path
+    under a file, or a place without write permission."""
+    path = Path(path)
+    existing = _first_existing(path)
+    if existing == Path(os.path.abspath(path)) and not existing.is_dir():
+        raise UserError(f"output {str(path)!r} is an existing file, not a directory")
+    if not existing.is_dir():
+        raise UserError(f"output {str(path)!r} cannot be created: {str(existing)!r} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output {str(path)!r} cannot be written: no write permission in {str(existing)!r}")
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output file that cannot be written (a folder, a missing or
+    read-only parent, a parent that is a file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"output {str(path)!r} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"output {str(path)!r} cannot be written: folder {str(path.parent)!r} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"output {str(path)!r} cannot be written: permission denied")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -87,19 +121,18 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(state_dict, metadata)`` of a file written by :func:`save_weights`.
 
-    Raises FileNotFoundError for a missing file and ValueError for one that is not a
-    readable safetensors file, both naming the path.
+    Raises :class:`~sasa.errors.UserError` naming the path for a missing or unreadable file.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise UserError(f"checkpoint {str(path)!r} does not exist")
     data = path.read_bytes()
     try:
         tensors = safetensors_load(data)
         header_len = int.from_bytes(data[:8], "little")
         raw_metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
     except (SafetensorError, ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file ({error})") from None
+        raise UserError(f"checkpoint {str(path)!r} is not a readable safetensors file ({error})") from None
     metadata = {}
     for key, value in raw_metadata.items():
         try:
@@ -123,8 +156,8 @@ def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
 def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training state {str(path)!r} does not exist")
+        raise UserError(f"training state {str(path)!r} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises a zoo of types for corrupt pickles
-        raise ValueError(f"training state {str(path)!r} is not readable ({type(error).__name__}: {error})") from None
+        raise UserError(f"training state {str(path)!r} is not readable ({type(error).__name__}: {error})") from None

@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sasa.engine.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from sasa.engine.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_dir
+from sasa.errors import UserError
 
 _HELD_LOCKS: dict = {}  # resolved run path -> open, flock'ed file of this process
 LOCK_FILE = ".lock"  # held (flock) by the process that trains in the directory
@@ -51,14 +52,10 @@ class RunDir:
         folder is left alone). ``create=False`` only checks, and writes nothing.
         """
         run = cls(path)
-        if run.path.exists() and not run.path.is_dir():
-            raise FileExistsError(f"output {str(run.path)!r} exists and is not a directory")
-        if run.path.is_dir() and any(p.name != LOCK_FILE for p in run.path.iterdir()):
-            if not force:
-                raise FileExistsError(
-                    f"run directory {str(run.path)!r} already exists and is not empty; "
-                    f"use --resume {run.path} to continue it or --force to overwrite it"
-                )
+        check_output_dir(run.path)
+        if run.path.is_dir() and any(p.name != LOCK_FILE for p in run.path.iterdir()) and not force:
+            hint = f"use --resume {run.path} to continue it or --force" if run.state.is_file() else "use --force"
+            raise UserError(f"run directory {str(run.path)!r} already exists and is not empty; {hint} to overwrite it")
         if create:
             run.lock()  # before deleting anything: refuses while another process trains here
             for name in RUN_FILES:
@@ -70,10 +67,10 @@ class RunDir:
         """An existing run to resume: it must hold config.json and state.pt."""
         run = cls(path)
         if not run.path.is_dir():
-            raise FileNotFoundError(f"cannot resume: run directory {str(run.path)!r} does not exist")
+            raise UserError(f"cannot resume: run directory {str(run.path)!r} does not exist")
         for required in (run.config, run.state):
             if not required.is_file():
-                raise FileNotFoundError(
+                raise UserError(
                     f"cannot resume {str(run.path)!r}: {required.name} is missing "
                     "(no epoch was completed, or this is not a run directory)"
                 )
@@ -93,15 +90,34 @@ class RunDir:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.close()
-                raise FileExistsError(f"run directory {str(self.path)!r} is in use by another training process") from None
-            _HELD_LOCKS[key] = handle  # released at process exit (or by unlock)
+                raise UserError(f"run directory {str(self.path)!r} is in use by another training process") from None
+            _HELD_LOCKS[key] = handle  # released at process exit (or by discard)
         self.remove_stale_temp_files()
         return self
 
-    def unlock(self) -> None:
+    def completed_epochs(self) -> int:
+        """Epochs committed in state.pt (memory-mapped: the weights in it are not read)."""
+        import torch
+
+        try:
+            return int(torch.load(self.state, map_location="cpu", mmap=True, weights_only=True)["epoch"])
+        except Exception as error:  # torch raises a zoo of types for corrupt files
+            raise UserError(f"training state {str(self.state)!r} is not readable ({type(error).__name__}: {error})") from None
+
+    def discard(self) -> None:
+        """Delete the run files and the lock of a run that never completed an epoch, and the folder if
+        that leaves it empty (a failed start leaves nothing behind to --force away)."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        self.remove_stale_temp_files()
         handle = _HELD_LOCKS.pop(str(self.path.resolve()), None)
+        (self.path / LOCK_FILE).unlink(missing_ok=True)
         if handle is not None:
             handle.close()
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass  # the user's own files stay
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete the ``.NAME.*.tmp`` files an interrupted atomic write of a run file left behind."""
@@ -119,14 +135,21 @@ class RunDir:
         try:
             return json.loads(self.config.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read {str(self.config)!r}: {error}") from None
+            raise UserError(f"cannot read {str(self.config)!r}: {error}") from None
 
     # -- metrics ---------------------------------------------------------------------------------
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_jsonl.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_jsonl.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(self.metrics_jsonl.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise UserError(f"{str(self.metrics_jsonl)!r} line {number} is not JSON ({error})") from None
+        return rows
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite metrics.jsonl and metrics.csv from all rows (each write is atomic)."""

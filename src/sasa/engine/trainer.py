@@ -34,42 +34,65 @@ from sasa.engine.distributed import (
     set_epoch,
     unwrap_model,
 )
+from sasa.engine.options import CHANGE, FRACTION, NON_NEGATIVE, POSITIVE, SESSION, Options, option
 from sasa.engine.io import load_state, save_state, save_weights
 from sasa.engine.progress import ProgressReporter, format_metrics
 from sasa.engine.run_dir import RunDir
+from sasa.errors import UserError
 
 Autocast = Callable[[], ContextManager]
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every task (flat, JSON-serialisable, stored in state.pt)."""
+@dataclass(kw_only=True)
+class TrainConfig(Options):
+    """The options every training shares: optimisation, schedule, precision, EMA, processes, output.
 
-    epochs: int
-    lr: float
-    weight_decay: float = 1e-4
-    opt: str = "sgd"  # "sgd" (momentum, Nesterov) or "adamw"
-    momentum: float = 0.9
-    warmup_epochs: float = 0.0
-    warmup_lr: float = 1e-6  # lr at the start of the linear warm-up
-    min_lr: float = 0.0  # lr at the end of the cosine decay
-    sched_per: str = "step"  # "step": update the lr every iteration; "epoch": once per epoch
-    amp: bool = False
-    grad_clip: float | None = None  # max global gradient norm; None: no clipping
-    ema: bool = False
-    ema_decay: float = 0.999
-    seed: int = 0
-    stop_after: int | None = None  # stop after this many completed epochs (resume later); None: run all
+    Each task's options derive from it (:class:`~sasa.classification.ClassificationOptions`,
+    :class:`~sasa.detection.DetectionOptions`); the trainer and :func:`~sasa.engine.launch` read these fields.
+    """
+
+    epochs: int = option(90, "epochs of the schedule", check=POSITIVE, resume=CHANGE)
+    batch_size: int = option(256, "global batch, split over the processes", check=POSITIVE)
+    lr: float | None = option(None, "peak learning rate (default: the recipe's lr, or lr_per_256 x batch / 256)",
+                              check=POSITIVE)
+    lr_per_256: float | None = option(None, "peak lr per 256 images of the global batch, when --lr is not given",
+                                      check=POSITIVE)
+    weight_decay: float = option(1e-4, "weight decay (not on norms and biases)", check=NON_NEGATIVE)
+    opt: str = option("sgd", "optimizer; sgd: momentum 0.9, Nesterov", choices=("sgd", "adamw"))
+    momentum: float = option(0.9, check=FRACTION, flag=False)
+    warmup_epochs: float = option(0.0, "linear lr warm-up (epochs, may be fractional)", check=NON_NEGATIVE)
+    warmup_lr: float = option(1e-6, check=NON_NEGATIVE, flag=False)  # lr at the start of the warm-up
+    min_lr: float = option(0.0, check=NON_NEGATIVE, flag=False)  # lr at the end of the cosine decay
+    sched_per: str = option("step", choices=("step", "epoch"), flag=False)  # update the lr every step or epoch
+    amp: bool = option(False, "mixed precision (bf16 on CPU, fp16 on CUDA)")
+    grad_clip: float | None = option(None, "clip the global gradient norm to this", check=POSITIVE)
+    ema: bool = option(False, "evaluate and save an exponential moving average of the weights")
+    ema_decay: float = option(0.9998, "decay of --ema", check=FRACTION)
+    sync_bn: bool = option(False, "SyncBatchNorm across processes (torchrun on CUDA; no effect on CPU)")
+    seed: int = option(0, "seed of the weights, the data order and the augmentation", check=NON_NEGATIVE)
+    workers: int = option(0, "data-loading processes per training process", check=NON_NEGATIVE, resume=CHANGE)
+    device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"), resume=CHANGE)
+    stop_after: int | None = option(None, "stop after N completed epochs of the schedule (continue with --resume)",
+                                    check=POSITIVE, resume=SESSION, metavar="N")
+    quiet: bool = option(False, "only one summary line per epoch", resume=CHANGE)
 
     def __post_init__(self) -> None:
-        if self.opt not in ("sgd", "adamw"):
-            raise ValueError(f"opt must be 'sgd' or 'adamw', got {self.opt!r}")
-        if self.sched_per not in ("step", "epoch"):
-            raise ValueError(f"sched_per must be 'step' or 'epoch', got {self.sched_per!r}")
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be positive, got {self.epochs}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        super().__post_init__()
+        if self.lr is None and self.lr_per_256 is None:
+            raise UserError("give lr (or lr_per_256)")
+        if self.warmup_epochs >= self.epochs:
+            raise UserError(f"warmup_epochs {self.warmup_epochs} must be smaller than epochs {self.epochs}")
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr``, or the linear scaling rule ``lr_per_256 × batch_size / 256``."""
+        return self.lr if self.lr is not None else self.lr_per_256 * self.batch_size / 256
+
+    def fit_recipe(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        # a recipe's warm-up longer than the user's --epochs keeps its share of the schedule
+        if "epochs" in given and "warmup_epochs" not in given and self.warmup_epochs >= given["epochs"]:
+            return {"warmup_epochs": self.warmup_epochs * given["epochs"] / self.epochs}
+        return {}
 
 
 @dataclass
@@ -128,8 +151,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
     groups = param_groups_weight_decay(model, config.weight_decay)
     if config.opt == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-    return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.SGD(groups, lr=config.peak_lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(groups, lr=config.peak_lr)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
@@ -206,7 +229,7 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.steps_per_epoch = len(train_loader)
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise UserError(
                 "the training set gives no batch: it is empty, or holds a single image per process "
                 "(a batch of one image is dropped: BatchNorm cannot train on it)"
             )
@@ -242,11 +265,11 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if state.get("ema") is None:
-                raise ValueError(f"cannot resume {str(self.run.path)!r} with EMA: the run was trained without it")
+                raise UserError(f"cannot resume {str(self.run.path)!r} with EMA: the run was trained without it")
             self.ema.module.load_state_dict(state["ema"])
         self.start_epoch, self.num_updates = int(state["epoch"]), int(state["num_updates"])
         if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise ValueError(
+            raise UserError(
                 f"cannot resume {str(self.run.path)!r}: it ran {state['steps_per_epoch']} steps per epoch, "
                 f"now {self.steps_per_epoch} (batch size, data or number of processes changed)"
             )
@@ -304,7 +327,7 @@ class Trainer:
                 self.ema.update(unwrap_model(model), step=self.num_updates)
             self.scheduler.step_update(self.num_updates)
             if not math.isfinite(result.loss.item()):
-                raise FloatingPointError(f"loss is {result.loss.item()} at epoch {epoch + 1}; lower --lr or disable --amp")
+                raise UserError(f"loss is {result.loss.item()} at epoch {epoch + 1}; lower --lr or disable --amp")
             for key, value in result.sums.items():
                 sums[key] += float(value)
             for key, value in result.counts.items():

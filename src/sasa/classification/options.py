@@ -1,0 +1,73 @@
+"""Classification options (one dataclass) and its recipes (instances of it).
+
+Paper §4.1 (Ramachandran et al. 2019, ImageNet; as recalled, check the paper before quoting): SGD with
+Nesterov momentum 0.9, 90 epochs, batch 4096 with lr 1.6 (= 0.1 × batch / 256), linear warm-up then
+cosine decay, label smoothing 0.1, weight decay 1e-4, random-resized crop 224 + flip, evaluation at a
+224 centre crop. We keep the lr-per-256-images rule and a batch of 256 per run.
+digits: the same structure scaled down to 1437 8×8 images on a CPU: AdamW (robust without a tuned lr
+sweep on so few steps), per-step cosine with one warm-up epoch, random shifts instead of crops.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from sasa.engine.options import FRACTION, POSITIVE, option
+from sasa.engine.trainer import TrainConfig
+from sasa.errors import UserError
+from sasa.models.registry import resolve_config
+
+MIN_IMG_SIZE_ATTENTION = 32  # attention stem + 4 stages halve the image 5 times; 2×2 pooling needs ≥ 2 px
+
+
+@dataclass(kw_only=True)
+class ClassificationOptions(TrainConfig):
+    """Everything a classification run is made of (saved as the run's config.json ``options``)."""
+
+    model: str | None = option(None, "model name (see `sasa models`)")
+    data: str | None = option(None, "'digits' or an ImageFolder root with train/ and val/ (stored as an absolute path)")
+    img_size: int = option(224, "training and evaluation image size", check=POSITIVE)
+    label_smoothing: float = option(0.0, "label smoothing of the training loss", check=FRACTION)
+    limit_train: int | None = option(None, "use a fixed random subset of N training images", check=POSITIVE, metavar="N")
+    limit_val: int | None = option(None, "use a fixed random subset of N validation images", check=POSITIVE, metavar="N")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.data is not None and self.data != "digits":
+            self.data = os.path.abspath(self.data)  # a resumed run or eval may start in another folder
+        if self.model is not None:
+            try:
+                config = resolve_config(self.model)
+            except ValueError as error:
+                raise UserError(str(error)) from None
+            attention = config.stem == "attention" or config.spatial == "attention"
+            if attention and self.img_size < MIN_IMG_SIZE_ATTENTION:
+                raise UserError(f"img_size {self.img_size} is too small for {self.model}: "
+                                f"attention models need >= {MIN_IMG_SIZE_ATTENTION}")
+
+    def check_ready(self) -> None:
+        missing = [f"--{name}" for name in ("model", "data") if getattr(self, name) is None]
+        if missing:
+            raise UserError(f"{', '.join(missing)} required (or --resume DIR)")
+
+
+RECIPES: dict[str, ClassificationOptions] = {
+    "imagenet": ClassificationOptions(
+        epochs=90, batch_size=256, lr_per_256=0.1, weight_decay=1e-4, warmup_epochs=5.0, label_smoothing=0.1,
+        img_size=224, opt="sgd", workers=min(8, os.cpu_count() or 1),
+    ),
+    "digits": ClassificationOptions(
+        data="digits", epochs=10, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_epochs=1.0,
+        label_smoothing=0.0, img_size=32, opt="adamw", workers=0,
+    ),
+}
+
+
+def recipe_for(data: str | None) -> str:
+    """The recipe of a ``--data`` value: ``digits`` for the embedded set, ``imagenet`` for a folder."""
+    return "digits" if data == "digits" else "imagenet"
+
+
+def resolve_options(given: dict) -> ClassificationOptions:
+    """The recipe of ``given["data"]`` with every given (non-None) value."""
+    return ClassificationOptions.from_recipe(RECIPES[recipe_for(given.get("data"))], given)
