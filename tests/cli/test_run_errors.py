@@ -233,7 +233,7 @@ def test_item26_checkpoint_of_the_other_task(capsys, tmp_path, classification_ru
 
 @pytest.mark.parametrize("change, message", [
     ({"class_names": ["a", "b"]}, "num_classes 10 differs from its 2 class names"),
-    ({"model_config": {"layers": [1]}}, "do not fit"),
+    ({"model_config": {"layers": [1]}}, "metadata does not describe a model"),
     ({"model_config": {"stem": "nope"}}, "metadata does not describe a model"),
     ({"model_config": "junk"}, "model_config must be a dict"),
     ({"class_names": []}, "class_names must be a non-empty list"),
