@@ -34,7 +34,7 @@ def _batch_norm_slice(bn: nn.BatchNorm2d, x: torch.Tensor, first: int, valid: to
                             momentum, bn.eps)
 
     if valid is None:
-        return run(x)
+        return run(x.contiguous())  # the q·r, k·r terms arrive as transposed views; BN on those is several times slower
     out = x.new_zeros(x.shape)
     out[..., valid] = run(x[..., valid])  # (B, C, V): statistics over B·V in-span pairs
     return out
