@@ -23,10 +23,11 @@ def block(payload: dict, meta: dict) -> str:
 
 
 def replace(text: str, name: str, content: str) -> str:
-    pattern = re.compile(rf"(<!-- bench:{name}:start -->\n).*?(\n<!-- bench:{name}:end -->)", re.S)
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README has no <!-- bench:{name}:start --> ... <!-- bench:{name}:end --> block")
-    return pattern.sub(lambda m: m.group(1) + content + m.group(2), text)
+        raise SystemExit(f"README has no {start} ... {end} block")
+    return pattern.sub(lambda _: f"{start}\n{content}\n{end}", text)
 
 
 def main(argv=None) -> None:
