@@ -7,11 +7,12 @@ from typing import Any
 
 from sasa.detection.model import resolve_detector_config
 from sasa.detection.transforms import DEFAULT_SCALE_RANGE
-from sasa.engine.options import NON_NEGATIVE, POSITIVE, option
+from sasa.engine.options import NON_NEGATIVE, POSITIVE, flag_name, option
 from sasa.engine.trainer import TrainConfig
 from sasa.errors import UserError
 
 COCO_PATHS = ("images", "ann", "val_images", "val_ann")
+SHAPES_FIELDS = ("shapes_train", "shapes_val", "shapes_seed")
 DETECTOR_FIELDS = ("backbone", "head", "head_residual", "kernel_size", "num_heads", "backend", "fpn_channels",
                    "anchor_size")
 
@@ -99,5 +100,12 @@ RECIPES: dict[str, DetectionOptions] = {
 
 
 def resolve_options(given: dict[str, Any]) -> DetectionOptions:
-    """The recipe of ``given["data"]`` (default shapes) with every given (non-None) value."""
-    return DetectionOptions.from_recipe(RECIPES[given.get("data") or "shapes"], given)
+    """The recipe of ``given["data"]`` with every given (non-None) value. Without ``data``, COCO paths
+    imply ``coco`` (else ``shapes``); options of the other data source are refused, not ignored."""
+    data = given.get("data") or ("coco" if any(given.get(key) for key in COCO_PATHS) else "shapes")
+    other = [key for key in (COCO_PATHS if data == "shapes" else SHAPES_FIELDS) if given.get(key) is not None]
+    if other:
+        flags = ", ".join(flag_name(key) for key in other)
+        raise UserError(f"{flags} {'does' if len(other) == 1 else 'do'} not apply to --data {data}; "
+                        f"{'give --data coco with all four COCO paths' if data == 'shapes' else 'drop it'}")
+    return DetectionOptions.from_recipe(RECIPES[data], {**given, "data": data})

@@ -8,7 +8,7 @@ from PIL import UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from sasa.detection.checkpoint import load_checkpoint
-from sasa.detection.draw import draw_detections
+from sasa.detection.draw import draw_detections, output_paths
 from sasa.engine import atomic_write_json, check_output_dir, resolve_device
 from sasa.errors import UserError
 from sasa.images import open_rgb
@@ -29,20 +29,21 @@ def read_images(paths: list[str]) -> list[tuple[Path, torch.Tensor]]:
 
 def detect_images(checkpoint: str, images: list[str], *, out: str | Path, score_thresh: float = 0.3,
                   device: str = "auto") -> list[dict]:
-    """Draw the detections scoring at least ``score_thresh`` on each image into ``out`` (one PNG each) and
-    write ``out/detections.json``; returns its records (image, output, detections)."""
+    """Draw the detections scoring at least ``score_thresh`` on each image into ``out`` (one PNG each, named
+    by :func:`~sasa.detection.draw.output_paths`: distinct, never an input) and write ``out/detections.json``;
+    returns its records (image, output, detections). The detector's own score threshold becomes
+    ``score_thresh``, so a lower one than the checkpoint's (0.05) shows the lower-scoring boxes too."""
     out = Path(out)
     check_output_dir(out)
     device = resolve_device(device)
     loaded = read_images(images)
-    model, metadata = load_checkpoint(checkpoint, device=device)
+    model, metadata = load_checkpoint(checkpoint, device=device, score_thresh=score_thresh)
     out.mkdir(parents=True, exist_ok=True)
     names, records = metadata["class_names"], []
     with torch.no_grad():
-        for path, image in loaded:
+        for (path, image), target in zip(loaded, output_paths(images, out)):
             detection = model([image.float().div(255).to(device)])[0]
             detection = {key: value.cpu() for key, value in detection.items()}
-            target = out / f"{path.stem}.png"
             to_pil_image(draw_detections(image, detection, names, score_thresh=score_thresh)).save(target)
             keep = detection["scores"] >= score_thresh
             records.append({"image": str(path), "output": str(target), "detections": [

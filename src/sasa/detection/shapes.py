@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sasa.engine.io import check_output_dir
+from sasa.errors import UserError
+
 from sasa import env
 
 CLASSES = ("circle", "square", "triangle")
@@ -84,10 +87,11 @@ def generate_shapes(
 ) -> Path:
     """Write the shapes set to ``out`` (see module docstring) and return ``out``."""
     if img_size < 16:
-        raise ValueError(f"img_size must be at least 16, got {img_size}")
+        raise UserError(f"img_size must be at least 16, got {img_size}")
     if num_train < 0 or num_val < 0 or max_objects < 1:
-        raise ValueError(f"need num_train, num_val >= 0 and max_objects >= 1, got {num_train}, {num_val}, {max_objects}")
+        raise UserError(f"need num_train, num_val >= 0 and max_objects >= 1, got {num_train}, {num_val}, {max_objects}")
     out = Path(out)
+    check_output_dir(out)  # a file, or a path under one, is a one-line error, not a NotADirectoryError
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     (out / "COMPLETE").unlink(missing_ok=True)
     categories = [{"id": index + 1, "name": name, "supercategory": "shape"} for index, name in enumerate(CLASSES)]
