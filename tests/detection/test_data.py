@@ -60,6 +60,11 @@ def test_valid_file_and_image_without_annotations(folder):
     (lambda d: d.update(categories=[]), "no categories"),
 ])
 def test_malformed_files_raise_naming_the_entry(folder, mutate, message):
+    _assert_refused(folder, mutate, message)
+
+
+def _assert_refused(folder, mutate, message):
+    """The valid file changed by ``mutate`` is refused with an error matching ``message``."""
     root, write = folder
     data = _valid()
     mutate(data)
@@ -181,11 +186,7 @@ def test_shapes_are_deterministic_and_valid(tmp_path):
     (lambda d: d["categories"][0].update(id=[9]), r"categories\[0\]: needs an integer 'id'"),
 ])
 def test_item8_malformed_values_raise_naming_the_entry(folder, mutate, message):
-    root, write = folder
-    data = _valid()
-    mutate(data)
-    with pytest.raises(UserError, match=message):
-        load_coco(write(data), root)
+    _assert_refused(folder, mutate, message)
 
 
 def test_item8_huge_area_falls_back_to_the_box_area(folder):
