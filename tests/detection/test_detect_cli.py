@@ -111,7 +111,8 @@ def test_item2_coco_paths_without_data_coco_are_not_ignored(tmp_path, capsys):
 
 def test_item25_detect_data_shapes_out_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "some.png").write_bytes(b"")
-    for out in ("some.png", "some.png/sub"):
-        assert main(["detect-data", "shapes", "--out", str(tmp_path / out), "--num-train", "1", "--num-val", "1"]) == 2
-        err = capsys.readouterr().err
-        assert "some.png" in err and len(err.strip().splitlines()) == 1
+    for kind in ("shapes", "shape-crops"):
+        for out in ("some.png", "some.png/sub"):
+            assert main(["detect-data", kind, "--out", str(tmp_path / out), "--num-train", "1", "--num-val", "1"]) == 2
+            err = capsys.readouterr().err
+            assert "some.png" in err and len(err.strip().splitlines()) == 1

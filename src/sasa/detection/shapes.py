@@ -153,10 +153,11 @@ def generate_shape_crops(
     ``sasa train --data out`` trains a classifier on it (README: two-step detection recipe).
     """
     if img_size < 16 or crop_size < 8:
-        raise ValueError(f"need img_size >= 16 and crop_size >= 8, got {img_size}, {crop_size}")
+        raise UserError(f"need img_size >= 16 and crop_size >= 8, got {img_size}, {crop_size}")
     if num_train <= 0 or num_val <= 0 or max_objects < 1:
-        raise ValueError(f"need num_train, num_val >= 1 and max_objects >= 1, got {num_train}, {num_val}, {max_objects}")
+        raise UserError(f"need num_train, num_val >= 1 and max_objects >= 1, got {num_train}, {num_val}, {max_objects}")
     out = Path(out)
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "COMPLETE").unlink(missing_ok=True)
     for split_index, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
