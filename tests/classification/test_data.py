@@ -159,7 +159,7 @@ def test_item16_evaluating_no_readable_image_is_an_error():
 
     loader = [(None, None, 3)]
     with pytest.raises(UserError, match="no readable image to evaluate: all 3 images are unreadable"):
-        ClassificationTask().evaluate(torch.nn.Identity(), loader, DistributedContext(), contextlib.nullcontext)
+        ClassificationTask(num_classes=2).evaluate(torch.nn.Identity(), loader, DistributedContext(), contextlib.nullcontext)
 
 
 def test_item30_an_empty_training_class_folder_is_an_error(tmp_path):

@@ -17,7 +17,6 @@ from sasa.engine.trainer import TrainConfig
 from sasa.errors import UserError
 from sasa.models.registry import resolve_config
 
-MIN_IMG_SIZE_ATTENTION = 32  # attention stem + 4 stages halve the image 5 times; 2×2 pooling needs ≥ 2 px
 
 
 @dataclass(kw_only=True)
@@ -36,14 +35,11 @@ class ClassificationOptions(TrainConfig):
         if self.data is not None and self.data != "digits":
             self.data = os.path.abspath(self.data)  # a resumed run or eval may start in another folder
         if self.model is not None:
+            # no minimum image size: every model runs on any size (pooling of a 1×1 map gives 1×1)
             try:
-                config = resolve_config(self.model)
+                resolve_config(self.model)
             except ValueError as error:
                 raise UserError(str(error)) from None
-            attention = config.stem == "attention" or config.spatial == "attention"
-            if attention and self.img_size < MIN_IMG_SIZE_ATTENTION:
-                raise UserError(f"img_size {self.img_size} is too small for {self.model}: "
-                                f"attention models need >= {MIN_IMG_SIZE_ATTENTION}")
 
     def check_ready(self) -> None:
         missing = [f"--{name}" for name in ("model", "data") if getattr(self, name) is None]

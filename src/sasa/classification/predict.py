@@ -13,13 +13,15 @@ from sasa.errors import UserError
 from sasa.images import open_rgb
 
 
-def predict_images(checkpoint: str, images: list[str], *, topk: int = 5, device: str = "auto") -> list[dict]:
-    """For each image path: ``{"image": path, "topk": [{"class": name, "prob": p}, ...]}``, best first.
+def predict_images(checkpoint: str, images: list[str], *, topk: int | None = None, device: str = "auto") -> list[dict]:
+    """For each image path: ``{"image": path, "topk": [{"class": name, "prob": p}, ...]}``, best first;
+    ``topk`` None: 5, or every class of a checkpoint with fewer.
 
     Every file is read before the model runs: a missing or unreadable one fails first."""
     device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, device=device)
     names = list(meta["class_names"])
+    topk = min(5, len(names)) if topk is None else topk
     if topk > len(names):
         raise UserError(f"--topk {topk} exceeds the checkpoint's {len(names)} classes")
     transform = build_eval_transform(meta["preprocess"])

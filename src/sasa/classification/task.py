@@ -10,8 +10,13 @@ from sasa.engine.trainer import Autocast, StepResult
 from sasa.errors import UserError
 
 
+def reported_topk(num_classes: int) -> tuple[int, ...]:
+    """Top-1, and top-5 where it means something: with 5 classes or fewer every label is in the top 5."""
+    return (1,) + tuple(k for k in (5,) if k < num_classes)
+
+
 class ClassificationTask:
-    """Cross-entropy (optionally label-smoothed) training; top-1/top-5 evaluation.
+    """Cross-entropy (optionally label-smoothed) training; top-k evaluation (:func:`reported_topk`).
 
     Batches are ``(images, labels, unreadable)`` as made by :func:`sasa.classification.data.collate_skipping`.
     Training batches are always full (unreadable images were replaced); in evaluation ``images`` is
@@ -21,7 +26,7 @@ class ClassificationTask:
     best_metric = "val_top1"
     best_mode = "max"
 
-    def __init__(self, *, label_smoothing: float = 0.0, topk: tuple[int, ...] = (1, 5)) -> None:
+    def __init__(self, *, num_classes: int, label_smoothing: float = 0.0) -> None:
         if label_smoothing > 0:
             from timm.loss import LabelSmoothingCrossEntropy
 
@@ -29,7 +34,7 @@ class ClassificationTask:
         else:
             self.criterion = nn.CrossEntropyLoss()
         self.eval_criterion = nn.CrossEntropyLoss(reduction="sum")
-        self.topk = topk
+        self.topk = reported_topk(num_classes)
 
     def train_step(self, model: nn.Module, batch, device: torch.device) -> StepResult:
         images, labels, skipped = batch

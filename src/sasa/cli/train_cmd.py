@@ -55,7 +55,7 @@ def add_parser(subparsers) -> None:
     predict = subparsers.add_parser("predict", help="top-k classes of image files")
     predict.add_argument("--checkpoint", required=True, help="a .safetensors file written by `sasa train`")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
-    predict.add_argument("--topk", type=positive_int, default=5)
+    predict.add_argument("--topk", type=positive_int, help="classes shown per image (default: 5, at most the checkpoint's)")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.set_defaults(func=run_predict)
@@ -93,8 +93,9 @@ def run_eval(args: argparse.Namespace) -> int:
         check_output_file(args.out)  # before minutes of evaluation
     result = evaluate_checkpoint(args.checkpoint, args.data, model=args.model, batch_size=args.batch_size,
                                  workers=args.workers, limit_val=args.limit_val, device=args.device, amp=args.amp)
+    top5 = f"top-5 {result['top5']:.2f}%  " if "top5" in result else ""  # only with more than 5 classes
     print(f"{result['model']} on {result['data']} ({result['images']} images): top-1 {result['top1']:.2f}%  "
-          f"top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+          f"{top5}loss {result['loss']:.4f}")
     if result["skipped_images"]:
         print(f"warning: {result['skipped_images']} unreadable images skipped", file=sys.stderr)
     if args.out:
