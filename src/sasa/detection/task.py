@@ -38,12 +38,7 @@ class DetectionTask:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, ctx: DistributedContext, autocast) -> dict[str, float]:
         """Each rank predicts its shard; rank 0 runs COCOeval on all of them and shares the metrics."""
-        model.eval()
-        if ctx.is_distributed:
-            # BatchNorm statistics drift apart per rank on CPU (no SyncBatchNorm there): evaluate rank 0's,
-            # the ones saved in the checkpoint, everywhere
-            for buffer in model.buffers():
-                dist.broadcast(buffer, src=0)
+        model.eval()  # the Trainer gave every rank rank 0's weights and BatchNorm statistics (the saved ones)
         results = []
         for images, targets in loader:
             with autocast():
