@@ -107,3 +107,22 @@ def test_digits_recipe_reaches_95_percent(tmp_path, model):
     assert main(["train", "--model", model, "--data", "digits", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["val_top1"] >= 95.0, rows[-1]
+
+
+def test_eval_batch_size_sets_the_validation_batch(tmp_path, monkeypatch):
+    """--eval-batch-size (a TrainConfig field, read by the launcher): the val loader's batch, not --batch-size's."""
+    import importlib
+
+    launch = importlib.import_module("sasa.engine.launch")  # the module, not the function sasa.engine.launch
+
+    sizes = []
+    real = launch.make_loader
+
+    def spy(dataset, *, batch_size, train, **kwargs):
+        sizes.append((train, batch_size))
+        return real(dataset, batch_size=batch_size, train=train, **kwargs)
+
+    monkeypatch.setattr(launch, "make_loader", spy)
+    assert train(tmp_path / "r", "--eval-batch-size", "48") == 0
+    assert sizes == [(True, 32), (False, 48)]
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["options"]["eval_batch_size"] == 48

@@ -113,7 +113,8 @@ def _launch(options: TrainConfig, prepare, ctx: DistributedContext, *, task: str
     per_process = options.batch_size // ctx.world_size
     loader_options = dict(ctx=ctx, workers=options.workers, collate_fn=job.collate_fn)
     train_loader = make_loader(job.train_set, batch_size=per_process, train=True, seed=options.seed, **loader_options)
-    val_loader = make_loader(job.val_set, batch_size=per_process, train=False, **loader_options)
+    eval_per_process = max(1, (options.eval_batch_size or options.batch_size) // ctx.world_size)
+    val_loader = make_loader(job.val_set, batch_size=eval_per_process, train=False, **loader_options)
     trainer = Trainer(model=model, task=job.task, train_loader=train_loader, val_loader=val_loader, config=options,
                       run=run, ctx=ctx, progress=progress, metadata=job.metadata)
 

@@ -53,6 +53,8 @@ class TrainConfig(Options):
 
     epochs: int = option(90, "epochs of the schedule", check=POSITIVE, resume=CHANGE)
     batch_size: int = option(256, "global batch, split over the processes", check=POSITIVE)
+    eval_batch_size: int | None = option(None, "global batch of the per-epoch evaluation (default: --batch-size)",
+                                         check=POSITIVE, resume=CHANGE)
     lr: float | None = option(None, "peak learning rate (default: the recipe's lr, or lr_per_256 x batch / 256)",
                               check=POSITIVE)
     lr_per_256: float | None = option(None, "peak lr per 256 images of the global batch, when --lr is not given",
