@@ -148,3 +148,43 @@ def test_item33_kernel_size_any_integral():
     assert layer(torch.randn(1, 8, 6, 6)).shape == (1, 16, 6, 6)
     out = local_attention2d(*(torch.randn(1, 1, 4, 4, 2) for _ in range(3)), kernel_size=np.int64(3))
     assert out.shape == (1, 1, 4, 4, 2)
+
+
+def test_qkv_norm_is_batch_norm_of_the_projection_before_the_op():
+    """qkv_norm=True: the layer equals the op on BN([q|k|v]) (q then scaled by 1/sqrt(D)); off, no BN exists."""
+    torch.manual_seed(0)
+    layer = LocalSelfAttention2d(6, 8, kernel_size=3, num_heads=2, qkv_norm=True).double()
+    assert LocalSelfAttention2d(6, 8, kernel_size=3, num_heads=2).qkv_norm is None
+    with torch.no_grad():  # non-trivial affine so the reference must apply it
+        layer.qkv_norm.weight.uniform_(0.5, 2.0)
+        layer.qkv_norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(3, 6, 5, 4, dtype=torch.float64, requires_grad=True)
+    projected = layer.qkv(x)
+    mean, var = projected.mean(dim=(0, 2, 3), keepdim=True), projected.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    w, b = layer.qkv_norm.weight.view(1, -1, 1, 1), layer.qkv_norm.bias.view(1, -1, 1, 1)
+    q, k, v = ((projected - mean) / (var + layer.qkv_norm.eps).sqrt() * w + b).chunk(3, dim=1)
+    heads = lambda t: t.view(3, 2, 4, 5, 4).permute(0, 1, 3, 4, 2)  # noqa: E731
+    ref = local_attention2d(heads(q) / 2.0, heads(k), heads(v), kernel_size=3, rel_pos=layer.rel_pos(2), backend="reference")
+    out = layer(x)
+    torch.testing.assert_close(out, ref.permute(0, 1, 4, 2, 3).reshape(3, 8, 5, 4))
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(
+        torch.autograd.grad(out, x, grad, retain_graph=True)[0],
+        torch.autograd.grad(ref.permute(0, 1, 4, 2, 3).reshape(3, 8, 5, 4), x, grad)[0],
+    )
+
+
+@pytest.mark.parametrize("options", [{}, {"content": False}, {"positional": "absolute"}])
+def test_qkv_norm_trains_every_parameter(options):
+    layer = LocalSelfAttention2d(8, 16, kernel_size=3, num_heads=2, stride=2, qkv_norm=True, **options)
+    layer(torch.randn(2, 8, 7, 7)).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+    layer.eval()  # running statistics in evaluation
+    assert layer(torch.randn(1, 8, 7, 7)).shape == (1, 16, 4, 4)
+
+
+def test_qkv_norm_reaches_models_and_is_checked():
+    model = sasa.create_model("sa_resnet26", num_classes=10, attention={"qkv_norm": True})
+    assert model.layer1[0].conv2.qkv_norm is not None
+    with pytest.raises(TypeError, match="qkv_norm must be a bool, got 1"):
+        LocalSelfAttention2d(8, 16, qkv_norm=1)

@@ -34,6 +34,9 @@ class AttentionConfig:
     qkv_bias: bool = False
     backend: str = "auto"
     padding: str = "mask"  # "zeros": out-of-image neighbours attend with zero key and value (unfold ports)
+    # batch norm on the q/k/v projection before the op (as Axial-DeepLab's port, "BN in attention"); not in the
+    # SASA paper, so off by default. The port's logit BN is not offered: the fused kernels never materialise logits.
+    qkv_norm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kernel_size", check_kernel_size(self.kernel_size))
@@ -43,7 +46,7 @@ class AttentionConfig:
         object.__setattr__(self, "num_heads", heads)
         if self.positional not in POSITIONAL_CHOICES:
             raise ValueError(f"positional must be one of {POSITIONAL_CHOICES}, got {self.positional!r}")
-        for name in ("content", "qkv_bias"):
+        for name in ("content", "qkv_bias", "qkv_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not self.content and self.positional != "relative":
@@ -83,11 +86,12 @@ class LocalSelfAttention2d(nn.Module):
         qkv_bias: bool = False,
         backend: str = "auto",
         padding: str = "mask",
+        qkv_norm: bool = False,
     ) -> None:
         super().__init__()
         config = AttentionConfig(
             kernel_size=kernel_size, num_heads=num_heads, positional=positional, content=content,
-            qkv_bias=qkv_bias, backend=backend, padding=padding,
+            qkv_bias=qkv_bias, backend=backend, padding=padding, qkv_norm=qkv_norm,
         )
         config.check_channels(out_channels)
         if stride not in (1, 2):
@@ -99,6 +103,8 @@ class LocalSelfAttention2d(nn.Module):
         self.head_dim = out_channels // config.num_heads
         # content=False (paper Table 6, q·r only) has no key projection at all: the conv makes [q | v]
         self.qkv = nn.Conv2d(in_channels, (3 if content else 2) * out_channels, 1, bias=qkv_bias)
+        # per-channel BN of [q | k | v]: zero-mean, unit-scale q and k fix the logit scale whatever the input's
+        self.qkv_norm = nn.BatchNorm2d(self.qkv.out_channels) if qkv_norm else None
         self.rel_pos = RelativePositionEmbedding2d(out_channels, config.kernel_size) if positional == "relative" else None
         self.reset_parameters()
 
@@ -114,9 +120,13 @@ class LocalSelfAttention2d(nn.Module):
             nn.init.zeros_(self.qkv.bias)
         if self.rel_pos is not None:
             self.rel_pos.reset_parameters()
+        if self.qkv_norm is not None:
+            self.qkv_norm.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
+        if self.qkv_norm is not None:
+            qkv = self.qkv_norm(qkv)
         if not self.content:  # zero keys leave the q·r logit alone
             q, v = qkv.chunk(2, dim=1)
             qkv = torch.cat([q, torch.zeros_like(q), v], dim=1)
@@ -146,4 +156,5 @@ class LocalSelfAttention2d(nn.Module):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, num_heads={self.num_heads}, "
             f"stride={self.stride}, positional={self.positional!r}, content={self.content}"
+            + (", qkv_norm=True" if self.qkv_norm is not None else "")
         )
