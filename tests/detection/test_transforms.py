@@ -70,3 +70,18 @@ def test_coco_recipe_jitters_and_bad_ranges_fail():
     assert resolve_options({"data": "shapes"}).scale_jitter is None
     with pytest.raises(ValueError, match="scale_jitter"):
         resolve_options({"data": "shapes", "scale_jitter": [1.2, 0.8]})
+
+
+def test_shapes_recipe_trains_attention_heads_with_the_identity_path():
+    from sasa.cli.main import build_parser
+    from sasa.detection.options import resolve_options
+
+    assert resolve_options({"data": "shapes"}).head_residual is True
+    paths = {"images": "i", "ann": "a.json", "val_images": "v", "val_ann": "v.json"}
+    assert resolve_options({"data": "coco", **paths}).head_residual is None  # the paper's form
+    args = build_parser().parse_args(["detect-train", "--out", "r", "--no-head-residual"])
+    assert args.head_residual is False
+    assert resolve_options({"data": "shapes", "head_residual": False}).head_residual is False
+    detector = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3,
+                               **resolve_options({"data": "shapes"}).detector_overrides())
+    assert detector.config.head_residual

@@ -67,7 +67,9 @@ def add_option_flags(parser: argparse.ArgumentParser, options_type: type, recipe
         help_text = meta["help"] + shown
         kind = base_type(hints[field.name])
         if kind is bool:
-            parser.add_argument(flag_name(field.name), action="store_const", const=True, help=help_text)
+            # --name / --no-name: a recipe's True can be turned off (e.g. the shapes recipe's --head-residual)
+            parser.add_argument(flag_name(field.name), action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
             continue
         check = meta.get("check")
         parser.add_argument(

@@ -23,6 +23,7 @@ Another registered mixer as ``head`` takes the same places with its own init.
 
 ``head_residual=True`` (a named option, off by default) wraps the FPN output and the 4+4 subnet
 attention layers as ``x + attn(x)`` (:class:`ResidualAttention`; no parameters, no counted FLOPs).
+The shapes training recipe turns it on: there the plain form did not learn in budget (README).
 """
 from __future__ import annotations
 
