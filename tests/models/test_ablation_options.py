@@ -23,7 +23,7 @@ def test_mixer_stages_choose_attention_per_group(stages):
         assert kinds == ({LocalSelfAttention2d} if index in wanted else {nn.Conv2d})
 
 
-@pytest.mark.parametrize("bad", ["5", (0, 1), (2, 2), 3])
+@pytest.mark.parametrize("bad", ["5", (0, 1), (2, 2), 0, 1.5])
 def test_bad_mixer_stages_are_named(bad):
     with pytest.raises((ValueError, TypeError), match="mixer_stages"):
         sasa.create_model("sa_resnet26", mixer_stages=bad)
@@ -85,3 +85,36 @@ def test_zero_padding_option_reaches_the_op():
     x = torch.randn(1, 3, 32, 32)
     assert zeros.layer1[0].conv2.config.padding == "zeros"
     assert not torch.allclose(masked(x), zeros(x))
+
+
+def test_model_opt_flag_parses_values_and_refuses_unknown_keys(capsys):
+    from sasa.cli.main import main
+
+    assert main(["profile", "sa_resnet26_convstem", "--json", "--model-opt", "mixer_stages=34",
+                 "--model-opt", "content=False", "--model-opt", "positional=relative"]) == 0
+    record = __import__("json").loads(capsys.readouterr().out)
+    assert record["model_opt"] == {"mixer_stages": 34, "content": False, "positional": "relative"}
+    plain = sasa.profile.count_params(sasa.create_model("sa_resnet26_convstem"))
+    assert record["params"] < plain
+    assert main(["profile", "sa_resnet26", "--model-opt", "kernel_sise=5"]) == 2
+    assert "valid options" in capsys.readouterr().err
+
+
+def test_model_opt_reaches_training_and_the_checkpoint(tmp_path):
+    from sasa.classification import load_checkpoint, resolve_options, train
+
+    options = resolve_options({"model": "sa_resnet26_convstem", "data": "digits", "epochs": 1, "limit_train": 32,
+                               "limit_val": 16, "batch_size": 16, "device": "cpu", "quiet": True,
+                               "model_opt": {"kernel_size": 3, "mixer_stages": "4"}})
+    train(options, out=tmp_path / "run")
+    model, meta = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert model.config.attention.kernel_size == 3 and model.config.mixer_stages == (4,)
+    assert isinstance(model.layer1[0].conv2, nn.Conv2d) and isinstance(model.layer4[0].conv2, LocalSelfAttention2d)
+
+
+def test_model_opt_unknown_key_is_a_user_error():
+    from sasa.classification import resolve_options
+    from sasa.errors import UserError
+
+    with pytest.raises(UserError, match="unknown option.*kernel_sise.*valid options"):
+        resolve_options({"model": "sa_resnet26", "data": "digits", "model_opt": {"kernel_sise": 5}})

@@ -1,6 +1,8 @@
 """Parameters and FLOPs of ablation rows at the paper's setting (ResNet-50 layout, 224×224, 1000 classes)."""
 from __future__ import annotations
 
+import torch
+
 from sasa.ablation.tables import AblationRow
 from sasa.models import create_model
 from sasa.profile import count_flops, count_params
@@ -9,7 +11,8 @@ from sasa.profile import count_flops, count_params
 def profile_row(row: AblationRow, *, img_size: int = 224, num_classes: int = 1000) -> dict:
     """The row's JSON record: table, row, description, model, overrides, params, flops and the paper's figures."""
     name, overrides = row.model_kwargs()
-    model = create_model(name, num_classes=num_classes, **overrides)
+    with torch.device("meta"):  # shapes only: the counts need no arithmetic and no memory
+        model = create_model(name, num_classes=num_classes, **overrides)
     return {
         "table": row.table, "row": row.row, "description": row.description, "model": name, "overrides": overrides,
         "params": count_params(model), "flops": count_flops(model, img_size),

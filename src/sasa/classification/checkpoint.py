@@ -17,10 +17,12 @@ from sasa.models.registry import resolve_config
 TASK = "classification"
 
 
-def classifier_metadata(model: str, data: ClassificationData, *, img_size: int) -> dict[str, Any]:
-    """The checkpoint metadata of a classifier (common schema + in_chans, preprocess, num_classes)."""
+def classifier_metadata(model: str, data: ClassificationData, *, img_size: int,
+                        model_opt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint metadata of a classifier (common schema + in_chans, preprocess, num_classes);
+    ``model_config`` is the full config with ``model_opt`` applied, so loading rebuilds the same model."""
     return checkpoint_metadata(
-        task=TASK, model=model, model_config=dataclasses.asdict(resolve_config(model)), class_names=data.class_names,
+        task=TASK, model=model, model_config=dataclasses.asdict(resolve_config(model, **(model_opt or {}))), class_names=data.class_names,
         img_size=img_size, num_classes=len(data.class_names), in_chans=data.in_chans, preprocess=data.preprocess,
         data=data.name,
     )

@@ -20,9 +20,11 @@ def prepare(options: ClassificationOptions, ctx: DistributedContext, progress: P
     classes = len(data.class_names)
     return TrainingJob(
         train_set=train_set, val_set=val_set, collate_fn=collate_skipping,
-        build_model=lambda: create_model(options.model, num_classes=classes, in_chans=data.in_chans),
+        build_model=lambda: create_model(
+            options.model, num_classes=classes, in_chans=data.in_chans, **(options.model_opt or {})
+        ),
         task=ClassificationTask(num_classes=classes, label_smoothing=options.label_smoothing),
-        metadata=classifier_metadata(options.model, data, img_size=options.img_size),
+        metadata=classifier_metadata(options.model, data, img_size=options.img_size, model_opt=options.model_opt),
         record={"recipe": recipe_for(options.data), "num_classes": classes, "class_names": data.class_names,
                 "train_images": len(train_set), "val_images": len(val_set)},
         description=(

@@ -9,7 +9,9 @@ import sys
 from sasa.cli.options import one_line_errors
 from sasa.errors import UserError
 
-COMMAND_MODULES = ("sasa.cli.profile_cmd", "sasa.cli.detect_data_cmd", "sasa.cli.detect_cmd", "sasa.cli.train_cmd")
+COMMAND_MODULES = (
+    "sasa.cli.profile_cmd", "sasa.cli.detect_data_cmd", "sasa.cli.detect_cmd", "sasa.cli.train_cmd", "sasa.cli.ablate_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

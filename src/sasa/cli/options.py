@@ -3,6 +3,7 @@ from an options dataclass (:mod:`sasa.engine.options`)."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import math
 import sys
@@ -48,6 +49,26 @@ def _checked(check: Check, cast: type):
     return lambda text: _number(text, cast, check.accept, expected)
 
 
+def parse_value(text: str) -> Any:
+    """A Python literal (5, 0.5, False, (1, 2), 'x') if ``text`` is one, else the text itself (none, conv)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+class KeyValueAction(argparse.Action):
+    """``--flag KEY=VALUE`` (repeatable) into one dict; values parsed by :func:`parse_value`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        key, sep, text = values.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"{option_string} takes KEY=VALUE, got {values!r}")
+        collected = dict(getattr(namespace, self.dest) or {})
+        collected[key.strip()] = parse_value(text)
+        setattr(namespace, self.dest, collected)
+
+
 def add_option_flags(parser: argparse.ArgumentParser, options_type: type, recipes: Mapping[str, Any] = ()) -> None:
     """One flag per :func:`~sasa.engine.options.option` field of ``options_type`` (default None: not given),
     its help text followed by each recipe's value."""
@@ -66,6 +87,9 @@ def add_option_flags(parser: argparse.ArgumentParser, options_type: type, recipe
             shown = " (" + ", ".join(f"{name}: {value}" for name, value in values.items()) + ")"
         help_text = meta["help"] + shown
         kind = base_type(hints[field.name])
+        if kind is dict:  # repeatable KEY=VALUE, collected into one dict
+            parser.add_argument(flag_name(field.name), action=KeyValueAction, metavar="KEY=VALUE", help=help_text)
+            continue
         if kind is bool:
             # --name / --no-name: a recipe's True can be turned off (e.g. the shapes recipe's --head-residual)
             parser.add_argument(flag_name(field.name), action=argparse.BooleanOptionalAction, default=None,

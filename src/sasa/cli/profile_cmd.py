@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from sasa.cli.options import positive_int
+from sasa.cli.options import KeyValueAction, positive_int
+from sasa.errors import UserError
 from sasa.models import create_model, list_models
+from sasa.models.registry import resolve_config
 from sasa.profile import count_flops, count_params
 
 
@@ -17,6 +19,8 @@ def add_parser(subparsers) -> None:
     profile.add_argument("--img-size", type=positive_int, default=224)
     profile.add_argument("--num-classes", type=positive_int, help="default: 1000 for models, 80 for detectors")
     profile.add_argument("--json", action="store_true", help="print one JSON object per model")
+    profile.add_argument("--model-opt", action=KeyValueAction, metavar="KEY=VALUE", default={},
+                         help="config override for every named model, repeatable (as in `sasa train`)")
     profile.set_defaults(func=run_profile)
 
 
@@ -25,24 +29,38 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def profile_model(name: str, *, img_size: int, num_classes: int) -> dict:
-    model = create_model(name, num_classes=num_classes)
+def profile_model(name: str, *, img_size: int, num_classes: int, model_opt: dict | None = None) -> dict:
+    model = create_model(name, num_classes=num_classes, **(model_opt or {}))
     params, flops = count_params(model), count_flops(model, img_size)
-    return {"model": name, "params": params, "flops": flops, "img_size": img_size, "num_classes": num_classes}
+    record = {"model": name, "params": params, "flops": flops, "img_size": img_size, "num_classes": num_classes}
+    return {**record, "model_opt": model_opt} if model_opt else record
 
 
-def profile_any(name: str, *, img_size: int, num_classes: int | None) -> dict:
+def profile_any(name: str, *, img_size: int, num_classes: int | None, model_opt: dict | None = None) -> dict:
     """A classification model, or a detector (``sasa detectors``; one img_size×img_size image, not resized)."""
     from sasa.detection import list_detectors, profile_detector
 
     if name in list_detectors():
-        return profile_detector(name, img_size=img_size, num_classes=num_classes or 80)
-    return profile_model(name, img_size=img_size, num_classes=num_classes or 1000)
+        return profile_detector(name, img_size=img_size, num_classes=num_classes or 80, **(model_opt or {}))
+    return profile_model(name, img_size=img_size, num_classes=num_classes or 1000, model_opt=model_opt)
+
+
+def check_model_opt(names: list[str], model_opt: dict) -> None:
+    """Unknown keys or bad values of --model-opt as one-line user errors (naming the valid keys)."""
+    from sasa.detection import list_detectors, resolve_detector_config
+
+    for name in names:
+        resolve = resolve_detector_config if name in list_detectors() else resolve_config
+        try:
+            resolve(name, **model_opt)
+        except (ValueError, TypeError) as error:
+            raise UserError(str(error)) from None
 
 
 def run_profile(args: argparse.Namespace) -> int:
     names = args.model or list_models()
-    rows = [profile_any(name, img_size=args.img_size, num_classes=args.num_classes) for name in names]
+    check_model_opt(names, args.model_opt)
+    rows = [profile_any(name, img_size=args.img_size, num_classes=args.num_classes, model_opt=args.model_opt) for name in names]
     if args.json:
         for row in rows:
             print(json.dumps(row))

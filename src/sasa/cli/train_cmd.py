@@ -26,6 +26,9 @@ DATA/train/CLASS/IMAGE + DATA/val/CLASS/IMAGE. Unreadable image files are counte
 evaluation.
 
 Options left out take the value of the data's recipe (digits for 'digits', imagenet for a folder).
+The imagenet recipe is the paper's appendix (130 epochs, Nesterov SGD, lr 0.1 per 256 images, 10-epoch
+warm-up + cosine, EMA 0.9999); its momentum 0.9, label smoothing 0.1, weight decay 1e-4 and augmentation
+(random-resized crop + flip) are our assumptions: the paper does not state them (docs/recipes.md).
 Several processes: torchrun --nproc_per_node=N -m sasa train ... (gloo on CPU, nccl on CUDA)."""
 
 

@@ -38,6 +38,9 @@ class DetectionOptions(TrainConfig):
     kernel_size: int | None = option(None, "attention window of backbone and heads", check=POSITIVE)
     num_heads: int | None = option(None, "attention heads", check=POSITIVE)
     backend: str | None = option(None, "local_attention2d backend (default auto)")
+    model_opt: dict | None = option(
+        None, "detector config override, repeatable: --model-opt head_residual=True (any DetectorConfig or "
+              "AttentionConfig field)")
     img_size: int = option(96, "shapes image size and default --min/--max-size", check=POSITIVE)
     min_size: int | None = option(None, "resize so the short side is this (default --img-size)", check=POSITIVE)
     max_size: int | None = option(None, "... and the long side at most this (default --img-size)", check=POSITIVE)
@@ -67,8 +70,9 @@ class DetectionOptions(TrainConfig):
             raise UserError(str(error)) from None
 
     def detector_overrides(self) -> dict[str, Any]:
-        """The :class:`~sasa.detection.DetectorConfig` values these options set."""
-        return {**{key: getattr(self, key) for key in DETECTOR_FIELDS},
+        """The :class:`~sasa.detection.DetectorConfig` values these options set (flags over --model-opt)."""
+        flags = {key: getattr(self, key) for key in DETECTOR_FIELDS if getattr(self, key) is not None}
+        return {**(self.model_opt or {}), **flags,
                 "min_size": self.min_size or self.img_size, "max_size": self.max_size or self.img_size}
 
     def check_ready(self) -> None:

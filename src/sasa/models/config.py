@@ -24,6 +24,8 @@ def _positive_ints(name: str, values: Any, count: int) -> tuple[int, ...]:
 
 def _stages(values: Any) -> tuple[int, ...]:
     """A subset of the stages 1..4, as a sorted tuple; a string of digits ("234", as in the ablation rows) is accepted."""
+    if isinstance(values, int) and not isinstance(values, bool) and values > 0:
+        values = str(values)  # --model-opt mixer_stages=34 parses as the number 34
     if isinstance(values, str):
         if not all(ch in "1234" for ch in values):
             raise ValueError(f"mixer_stages must name stages among 1, 2, 3, 4, got {values!r}")
