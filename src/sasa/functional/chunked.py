@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 from sasa import env
 from sasa.functional.reference import attend, inside_image_mask, upcast_half, windows
@@ -82,7 +83,11 @@ def local_attention2d_chunked(q, k, v, *, kernel_size: int, rel_pos=None, band_h
         i1 = min(height, i0 + h)
         lo, hi = max(0, i0 - r), min(height, i1 + r)
         args = (q[:, :, i0:i1], k[:, :, lo:hi], v[:, :, lo:hi], rel, i0, height, kernel_size, i0 - lo)
-        if grad:
+        if grad and torch.compiler.is_compiling():
+            # dynamo cannot trace _Band's backward (torch.autograd.grad); a non-reentrant checkpoint
+            # gives the compiled graph the same per-band recomputation
+            outputs.append(checkpoint(_band, *args, use_reentrant=False))
+        elif grad:
             outputs.append(_Band.apply(*args))
         else:
             outputs.append(_band(*args))

@@ -19,7 +19,9 @@ logsumexp); the backward recomputes the probabilities. Without autograd the forw
 kernel computes and keeps no logsumexp. ``local_attention2d_packed_cpu_fused`` is the
 layout-native entry (the layer's (B, 3·N·D, H, W) projection in, (B, N·D, H, W) out). float16/bfloat16 are computed in
 float32 (the casts are outside the autograd function, so gradients come back in the
-input dtype). Double backward is not supported (``once_differentiable``).
+input dtype). Double backward is not supported (the backward ops have no autograd formula).
+The entries are PyTorch custom ops (``torch.ops.sasa.cpu_fused_*``, fake implementations and
+registered autograd), so ``torch.compile`` (fullgraph, dynamic shapes) and ``torch.export`` trace them.
 Its speed against the 3×3 conv and the reference is printed by ``benchmarks/bench_op.py`` (README).
 """
 from __future__ import annotations
@@ -32,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from sasa import env
 from sasa.functional._checks import SUPPORTED_DTYPES
@@ -121,6 +122,9 @@ def load_extension() -> Any:
     return _EXT
 
 
+# torch.compile runs this at trace time and bakes the answer into the graph (the build's lock and
+# globals are not traceable): the dispatcher's choice of backend is made while tracing.
+@torch.compiler.assume_constant_result
 def extension_error() -> str | None:
     """Why the extension is unavailable (building it if needed), or ``None`` if it loaded."""
     load_extension()
@@ -148,57 +152,121 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-class _FusedLocalAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, rel, kernel_size: int, has_rel: bool):
-        ext = load_extension()
-        out, lse = ext.forward(q, k, v, rel, kernel_size)
-        ctx.save_for_backward(q, k, v, rel, out, lse)
-        ctx.kernel_size = kernel_size
-        ctx.has_rel = has_rel
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v, rel, out, lse = ctx.saved_tensors
-        need_drel = ctx.has_rel and ctx.needs_input_grad[3]
-        dq, dk, dv, drel_partial = load_extension().backward(
-            grad_out, q, k, v, rel, out, lse, ctx.kernel_size, need_drel
-        )
-        drel = _drel_from_partial(drel_partial, rel) if need_drel else None
-        return dq, dk, dv, drel, None, None
+# Every kernel entry is a PyTorch custom op (``torch.library.custom_op``): one op per C++ call,
+# a ``register_fake`` giving the output shapes from the input shapes, and the autograd formula
+# registered on the forward op, calling the backward op. torch.compile then traces through the
+# kernel without a graph break (with dynamic shapes) and torch.export records it as one node.
+# A forward called with need_lse=False keeps no logsumexp and cannot be differentiated.
+def _lse_like(q: torch.Tensor, need_lse: bool) -> torch.Tensor:
+    return q.new_empty(q.shape[:4] if need_lse else (0,))
 
 
-class _FusedPackedLocalAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qkv, rel, kernel_size: int, num_heads: int, scale: float, has_rel: bool):
-        out, lse = load_extension().forward_packed(qkv, rel, kernel_size, num_heads, scale, True)
-        ctx.save_for_backward(qkv, rel, out, lse)
-        ctx.args = (kernel_size, num_heads, scale)
-        ctx.has_rel = has_rel
-        return out
+@torch.library.custom_op("sasa::cpu_fused_forward", mutates_args=())
+def fused_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, kernel_size: int, need_lse: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contiguous q, k (B, N, H, W, D), v (B, N, H, W, Dv), rel (1 or N, K, K, D) -> out (B, N, H, W, Dv), lse (B, N, H, W)."""
+    out, lse = load_extension().forward(q, k, v, rel, kernel_size, need_lse)
+    return out, lse
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        qkv, rel, out, lse = ctx.saved_tensors
-        need_drel = ctx.has_rel and ctx.needs_input_grad[1]
-        dqkv, drel_partial = load_extension().backward_packed(grad_out, qkv, rel, out, lse, *ctx.args, need_drel)
-        drel = _drel_from_partial(drel_partial, rel) if need_drel else None
-        return dqkv, drel, None, None, None, None
+
+@fused_forward.register_fake
+def _(q, k, v, rel, kernel_size, need_lse):
+    return q.new_empty((*q.shape[:4], v.shape[-1])), _lse_like(q, need_lse)
+
+
+@torch.library.custom_op("sasa::cpu_fused_backward", mutates_args=())
+def fused_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor, kernel_size: int, need_drel: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> dq, dk, dv, drel (shaped like rel; zeros unless ``need_drel``)."""
+    dq, dk, dv, drel_partial = load_extension().backward(grad_out, q, k, v, rel, out, lse, kernel_size, need_drel)
+    return dq, dk, dv, _drel_from_partial(drel_partial, rel) if need_drel else torch.zeros_like(rel)
+
+
+@fused_backward.register_fake
+def _(grad_out, q, k, v, rel, out, lse, kernel_size, need_drel):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(rel)
+
+
+def _save_forward(ctx, inputs, output) -> None:
+    q, k, v, rel, kernel_size, need_lse = inputs
+    ctx.save_for_backward(q, k, v, rel, *output)
+    ctx.kernel_size, ctx.need_lse = kernel_size, need_lse
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    if not ctx.need_lse:
+        raise RuntimeError("sasa::cpu_fused_forward was called with need_lse=False and cannot be differentiated")
+    need_drel = ctx.needs_input_grad[3]  # False for the zero table that stands in for rel_pos=None
+    dq, dk, dv, drel = fused_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, need_drel)
+    return dq, dk, dv, drel if need_drel else None, None, None
+
+
+fused_forward.register_autograd(_backward, setup_context=_save_forward)
+
+
+@torch.library.custom_op("sasa::cpu_fused_forward_packed", mutates_args=())
+def fused_forward_packed(
+    qkv: torch.Tensor, rel: torch.Tensor, kernel_size: int, num_heads: int, scale: float, need_lse: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contiguous qkv (B, 3·N·D, H, W), rel (1 or N, K, K, D) -> out (B, N·D, H, W), lse (B, N, H, W)."""
+    out, lse = load_extension().forward_packed(qkv, rel, kernel_size, num_heads, scale, need_lse)
+    return out, lse
+
+
+@fused_forward_packed.register_fake
+def _(qkv, rel, kernel_size, num_heads, scale, need_lse):
+    batch, channels, height, width = qkv.shape
+    lse_shape = (batch, num_heads, height, width) if need_lse else (0,)
+    return qkv.new_empty((batch, channels // 3, height, width)), qkv.new_empty(lse_shape)
+
+
+@torch.library.custom_op("sasa::cpu_fused_backward_packed", mutates_args=())
+def fused_backward_packed(
+    grad_out: torch.Tensor, qkv: torch.Tensor, rel: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    kernel_size: int, num_heads: int, scale: float, need_drel: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> dqkv (B, 3·N·D, H, W), drel (shaped like rel; zeros unless ``need_drel``)."""
+    dqkv, drel_partial = load_extension().backward_packed(
+        grad_out, qkv, rel, out, lse, kernel_size, num_heads, scale, need_drel
+    )
+    return dqkv, _drel_from_partial(drel_partial, rel) if need_drel else torch.zeros_like(rel)
+
+
+@fused_backward_packed.register_fake
+def _(grad_out, qkv, rel, out, lse, kernel_size, num_heads, scale, need_drel):
+    return torch.empty_like(qkv), torch.empty_like(rel)
+
+
+def _save_forward_packed(ctx, inputs, output) -> None:
+    qkv, rel, kernel_size, num_heads, scale, need_lse = inputs
+    ctx.save_for_backward(qkv, rel, *output)
+    ctx.args, ctx.need_lse = (kernel_size, num_heads, scale), need_lse
+
+
+def _backward_packed(ctx, grad_out, _grad_lse):
+    if not ctx.need_lse:
+        raise RuntimeError("sasa::cpu_fused_forward_packed was called with need_lse=False and cannot be differentiated")
+    need_drel = ctx.needs_input_grad[1]
+    dqkv, drel = fused_backward_packed(grad_out, *ctx.saved_tensors, *ctx.args, need_drel)
+    return dqkv, drel if need_drel else None, None, None, None, None
+
+
+fused_forward_packed.register_autograd(_backward_packed, setup_context=_save_forward_packed)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _kernel_rel(rel_pos, kernel_size: int, dim: int, compute: torch.dtype) -> tuple[torch.Tensor, bool]:
-    """rel_pos (None or per head, (N, K, K, D)) as the kernel takes it: contiguous (zeros (1, K, K, D) when None),
-    and whether it was given."""
+def _kernel_rel(rel_pos, kernel_size: int, dim: int, compute: torch.dtype) -> torch.Tensor:
+    """rel_pos (None or per head, (N, K, K, D)) as the kernel takes it: contiguous; zeros (1, K, K, D) when None
+    (never requiring grad, so no gradient of it is computed)."""
     if rel_pos is None:
-        return torch.zeros(1, kernel_size, kernel_size, dim, dtype=compute), False
-    return rel_pos.to(compute).contiguous(), True
+        return torch.zeros(1, kernel_size, kernel_size, dim, dtype=compute)
+    return rel_pos.to(compute).contiguous()
 
 
 def local_attention2d_cpu_fused(q, k, v, *, kernel_size: int, rel_pos=None):
@@ -210,11 +278,8 @@ def local_attention2d_cpu_fused(q, k, v, *, kernel_size: int, rel_pos=None):
     dtype = q.dtype
     compute = _compute_dtype(dtype)
     q_, k_, v_ = (t.to(compute).contiguous() for t in (q, k, v))
-    rel, has_rel = _kernel_rel(rel_pos, kernel_size, q.shape[-1], compute)
-    if _needs_grad(q, k, v, rel):
-        out = _FusedLocalAttention.apply(q_, k_, v_, rel, kernel_size, has_rel)
-    else:
-        out = load_extension().forward(q_, k_, v_, rel, kernel_size, False)[0]
+    rel = _kernel_rel(rel_pos, kernel_size, q.shape[-1], compute)
+    out, _ = fused_forward(q_, k_, v_, rel, kernel_size, _needs_grad(q, k, v, rel))
     return out.to(dtype)
 
 
@@ -228,9 +293,6 @@ def local_attention2d_packed_cpu_fused(qkv, *, num_heads: int, kernel_size: int,
     compute = _compute_dtype(dtype)
     qkv_ = qkv.to(compute).contiguous()
     dim = qkv.shape[1] // (3 * num_heads)
-    rel, has_rel = _kernel_rel(rel_pos, kernel_size, dim, compute)
-    if _needs_grad(qkv, rel):
-        out = _FusedPackedLocalAttention.apply(qkv_, rel, kernel_size, num_heads, float(scale), has_rel)
-    else:
-        out = load_extension().forward_packed(qkv_, rel, kernel_size, num_heads, float(scale), False)[0]
+    rel = _kernel_rel(rel_pos, kernel_size, dim, compute)
+    out, _ = fused_forward_packed(qkv_, rel, kernel_size, num_heads, float(scale), _needs_grad(qkv, rel))
     return out.to(dtype)

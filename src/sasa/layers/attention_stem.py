@@ -138,6 +138,8 @@ class AttentionStem(nn.Module):
             and x.dtype in (torch.float32, torch.float64) and x.device.type != "meta"  # profiling: shapes only
             and not torch.is_autocast_enabled(x.device.type)
             and self.value_conv is None  # conv values are not a per-pixel linear map of x
+            # torch.compile cannot trace _StemPeaks' backward (autograd.grad); the plain path compiles
+            and not torch.compiler.is_compiling()
         )
 
     def _attend_bn_relu_pool(self, x: torch.Tensor) -> torch.Tensor:

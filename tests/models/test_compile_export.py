@@ -1,0 +1,88 @@
+"""torch.compile (fullgraph, dynamic batch/image size) and torch.export of the attention models.
+
+The default run uses a reduced sa_resnet26 (same stem, blocks and op, fewer and narrower layers)
+through AOTAutograd's eager backend; the full sa_resnet26 through inductor is marked slow.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from sasa.models import create_model
+
+TINY = dict(layers=(1, 1, 1, 1), widths=(8, 8, 8, 16), stem_channels=16, num_heads=2, kernel_size=3)
+# distinct batch/H/W on the first call: dynamo's duck sizing would otherwise tie equal sizes together
+SHAPES = [(2, 3, 64, 96), (3, 3, 96, 64), (4, 3, 128, 160)]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _model(name: str, **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, **overrides)
+    for module in model.modules():  # zero-init residual BN would hide the attention from the gradients
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    return model
+
+
+def _train_step(model, x):
+    model.zero_grad()
+    out = model(x)
+    out.square().sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def _check_compiled_training(model, backend: str, shapes, atol=1e-4, rtol=1e-4) -> None:
+    """Compiled train steps equal eager ones, and later batch/image sizes compile nothing new."""
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counter)
+    compiles_after_first = None
+    for shape in shapes:
+        x = torch.randn(*shape)
+        got_out, got_grads = _train_step(compiled, x)
+        want_out, want_grads = _train_step(model, x)
+        torch.testing.assert_close(got_out, want_out, atol=atol, rtol=rtol)
+        for got, want in zip(got_grads, want_grads):
+            torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+        compiles_after_first = compiles_after_first or counter.frame_count
+        assert counter.frame_count == compiles_after_first, f"recompiled for input shape {shape}"
+
+
+def test_compile_fullgraph_no_recompile_small():
+    model = _model("sa_resnet26", **TINY).train()
+    _check_compiled_training(model, "aot_eager", SHAPES[:2])
+
+
+@pytest.mark.slow
+def test_compile_sa_resnet26_inductor():
+    model = _model("sa_resnet26").train()
+    _check_compiled_training(model, "inductor", SHAPES, atol=1e-3, rtol=1e-3)
+
+
+def _check_export(model, shapes):
+    model.eval()
+    batch, height, width = (torch.export.Dim(name, min=2, max=1024) for name in ("batch", "height", "width"))
+    program = torch.export.export(
+        model, (torch.randn(*shapes[0]),), dynamic_shapes=({0: batch, 2: height, 3: width},)
+    )
+    assert any("cpu_fused_forward" in str(node.target) for node in program.graph.nodes)
+    for shape in shapes:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_export_small():
+    _check_export(_model("sa_resnet26", **TINY), SHAPES[:2])
+
+
+@pytest.mark.slow
+def test_export_sa_resnet26():
+    _check_export(_model("sa_resnet26"), SHAPES)
