@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from sasa.functional import local_attention2d_packed
@@ -123,7 +124,8 @@ class LocalSelfAttention2d(nn.Module):
         if self.qkv_norm is not None:
             self.qkv_norm.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def packed_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> qkv (B, 3·C_out, H, W): [q | k | v] as the op takes them (q not yet scaled)."""
         qkv = self.qkv(x)
         if self.qkv_norm is not None:
             qkv = self.qkv_norm(qkv)
@@ -134,6 +136,17 @@ class LocalSelfAttention2d(nn.Module):
             q, k, v = qkv.chunk(3, dim=1)
             k = k + sinusoidal_position_2d(self.out_channels, *x.shape[-2:], device=x.device, dtype=k.dtype)
             qkv = torch.cat([q, k, v], dim=1)
+        return qkv
+
+    def attention_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The op's inputs for input x: scaled q, k, v (B, N, H, W, D) and rel_pos (N, k, k, D) or None."""
+        qkv = self.packed_projection(x)
+        q, k, v = (rearrange(t, "b (n d) h w -> b n h w d", n=self.num_heads) for t in qkv.chunk(3, dim=1))
+        rel_pos = self.rel_pos(self.num_heads) if self.rel_pos is not None else None
+        return q * self.head_dim**-0.5, k, v, rel_pos
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.packed_projection(x)
         rel_pos = self.rel_pos(self.num_heads) if self.rel_pos is not None else None
         # the layout-native entry: the kernel reads the projection in place and writes (B, C, H, W)
         out = local_attention2d_packed(

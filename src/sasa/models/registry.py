@@ -41,7 +41,14 @@ def _timm_entrypoint(name: str, timm_name: str):
             raise ValueError(f"sasa ships no pretrained weights for {name!r}; load a safetensors checkpoint instead")
         for key in _TIMM_ONLY_KWARGS:
             kwargs.pop(key, None)
-        return create_model(name, **kwargs)
+        features_only = kwargs.pop("features_only", False)
+        out_indices = kwargs.pop("out_indices", (0, 1, 2, 3, 4))
+        model = create_model(name, **kwargs)
+        if features_only:  # a list of stage outputs, as timm's own backbones give (detection/segmentation)
+            from timm.models import FeatureListNet
+
+            return FeatureListNet(model, out_indices=out_indices)
+        return model
 
     entrypoint.__name__ = timm_name
     entrypoint.__qualname__ = timm_name

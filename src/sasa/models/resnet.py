@@ -6,7 +6,9 @@ extractors and FPN backbones work unchanged; the attention stem is ``stem``.
 from __future__ import annotations
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from sasa.layers import AttentionStem, create_spatial_mixer
 from sasa.models.config import ResNetConfig
@@ -94,7 +96,21 @@ class ResNet(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(config.drop_rate)
         self.fc = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
+        self.feature_info = self._feature_info()
+        self.pretrained_cfg = self.default_cfg = pretrained_cfg(num_classes=num_classes, in_chans=in_chans, config=config)
         self._init_weights()
+
+    def _feature_info(self) -> list[dict]:
+        """timm's feature metadata: the stem's output and each stage's (channels, stride, module name)."""
+        stem_channels = self.config.stem_channels * (self.config.expansion if self.config.stem == "blocks" else 1)
+        stem = dict(num_chs=stem_channels, reduction=2, module="relu") if self.config.stem == "conv" else (
+            dict(num_chs=stem_channels, reduction=4, module="stem"))
+        stages = [
+            dict(num_chs=width * self.config.expansion, reduction=4 * 2**index, module=f"layer{index + 1}")
+            for index, width in enumerate(self.config.widths)
+        ]
+        return [stem, *stages]
 
     def _init_weights(self) -> None:
         init_conv_bn_(self)
@@ -109,9 +125,54 @@ class ResNet(nn.Module):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, num_features, H/32, W/32)."""
         x = self.forward_stem(x)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    # activations inside the block are recomputed in backward (BN running stats then
+                    # see the batch twice, as with timm's checkpoint_seq)
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """(B, num_features, h, w) -> pooled (B, num_features) if ``pre_logits`` else logits (B, num_classes)."""
+        x = self.drop(self.global_pool(x).flatten(1))
+        return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.global_pool(self.forward_features(x)).flatten(1)
-        return self.fc(self.drop(x))
+        return self.forward_head(self.forward_features(x))
+
+    # timm's model API
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh (zero-bias, default-init) linear head for ``num_classes`` (0: identity, features only)."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool must be 'avg' (the only pooling of these models), got {global_pool!r}")
+        self.num_classes = num_classes
+        self.pretrained_cfg = self.default_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+        device = next(self.parameters()).device
+        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each bottleneck block's activations in backward instead of keeping them (same gradients)."""
+        self.grad_checkpointing = enable
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^(conv1|bn1|stem)", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+
+def pretrained_cfg(*, num_classes: int, in_chans: int, config: ResNetConfig) -> dict:
+    """timm's pretrained_cfg: the input the models are trained and evaluated at (``sasa train`` on folders:
+    ImageNet mean/std, 224 centre crop of the image resized to 256). No weights are shipped."""
+    return dict(
+        input_size=(in_chans, 224, 224), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=0.875,
+        crop_mode="center", interpolation="bilinear", num_classes=num_classes, pool_size=(7, 7),
+        first_conv="conv1" if config.stem == "conv" else "stem", classifier="fc", url="",
+    )
