@@ -1,0 +1,115 @@
+"""torch.compile vs eager step times of sa_resnet26, and the peak-memory drop of gradient checkpointing.
+
+compile: one thread, process CPU clock (independent of other load on a shared machine), median of
+--repeats steps after the compile and --warmup steps; train step = forward + backward + SGD step,
+inference = eval forward under ``inference_mode``; the compiled model is
+``torch.compile(model, fullgraph=True, dynamic=True)`` (inductor). Both are measured in this run.
+
+checkpointing: peak memory (``_memory.peak_memory``) of one train step of --memory-model at 224,
+batch 8, with and without ``set_grad_checkpointing(True)``.
+
+    python benchmarks/bench_toolbox.py [--img-size 112] [--batch-size 8] [--skip-compile] [--skip-memory]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _memory import peak_memory  # noqa: E402
+
+import sasa  # noqa: E402
+
+
+def _median_cpu_seconds(step, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        step()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
+def bench_compile(args) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+    target = torch.randint(0, 10, (args.batch_size,))
+    results = {}
+    for mode in ("eager", "compiled"):
+        model = sasa.create_model("sa_resnet26", num_classes=10)
+        runner = torch.compile(model, fullgraph=True, dynamic=True) if mode == "compiled" else model
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+        def train_step():
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(runner(x), target).backward()
+            optimizer.step()
+
+        def infer_step():
+            with torch.inference_mode():
+                runner(x)
+
+        model.train()
+        start = time.perf_counter()
+        train_step()  # compiles (compiled mode)
+        compile_train = time.perf_counter() - start
+        train = _median_cpu_seconds(train_step, args.warmup, args.repeats)
+        model.eval()
+        start = time.perf_counter()
+        infer_step()
+        compile_infer = time.perf_counter() - start
+        infer = _median_cpu_seconds(infer_step, args.warmup, args.repeats)
+        results[mode] = (train, infer)
+        print(f"{mode:9s} train step {1000 * train:8.1f} ms  inference {1000 * infer:8.1f} ms  "
+              f"(first call: {compile_train:.0f} s / {compile_infer:.0f} s wall)", flush=True)
+    (train_e, infer_e), (train_c, infer_c) = results["eager"], results["compiled"]
+    print(f"compiled/eager time: train {train_c / train_e:.2f}, inference {infer_c / infer_e:.2f} "
+          f"(sa_resnet26, batch {args.batch_size}, {args.img_size}x{args.img_size}, 1 thread, CPU time)")
+
+
+def bench_memory(args) -> None:
+    peaks = {}
+    for enable in (False, True):
+        torch.manual_seed(0)
+        model = sasa.create_model(args.memory_model, num_classes=1000).train()
+        model.set_grad_checkpointing(enable)
+        x = torch.randn(8, 3, 224, 224)
+        target = torch.randint(0, 1000, (8,))
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), target).backward()
+
+        step()  # warm-up: gradients allocated once, as in the timed benchmarks
+        peaks[enable] = peak_memory(step, torch.device("cpu"))
+        print(f"{args.memory_model} train step, batch 8, 224: grad checkpointing {enable}: peak "
+              f"{peaks[enable] / 2**20:.0f} MiB", flush=True)
+    print(f"checkpointing peak / plain peak: {peaks[True] / peaks[False]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--img-size", type=int, default=112)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-model", default="sa_resnet50")
+    parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if not args.skip_memory:
+        bench_memory(args)
+    if not args.skip_compile:
+        bench_compile(args)
+
+
+if __name__ == "__main__":
+    main()
