@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from sasa.cli.main import main
+from sasa.engine.checkpoint import checkpoint_metadata
 from sasa.engine.io import save_weights
 from sasa.models import create_model
 
@@ -21,8 +22,8 @@ def checkpoint(tmp_path_factory):
     model = create_model("sa_resnet26", num_classes=3, **SMALL)
     preprocess = {"kind": "folder", "img_size": 64, "resize": 73, "mean": [0.485, 0.456, 0.406],
                   "std": [0.229, 0.224, 0.225], "grayscale": False}
-    meta = {"model": "sa_resnet26", "num_classes": 3, "in_chans": 3, "class_names": ["a", "b", "c"],
-            "preprocess": preprocess, "model_config": dataclasses.asdict(model.config)}
+    meta = checkpoint_metadata(task="classification", model="sa_resnet26", model_config=dataclasses.asdict(model.config),
+                               class_names=["a", "b", "c"], img_size=64, num_classes=3, in_chans=3, preprocess=preprocess)
     save_weights(directory / "model.safetensors", model.state_dict(), meta)
     image = directory / "image.png"
     Image.fromarray((np.random.default_rng(0).random((80, 90, 3)) * 255).astype("uint8")).save(image)

@@ -27,15 +27,19 @@ def run_attention_map(args: argparse.Namespace) -> int:
     import torch
 
     from sasa.classification.data import build_eval_transform
-    from sasa.cli.train_cmd import load_classifier
+    from sasa.classification.checkpoint import load_checkpoint
+    from sasa.errors import UserError
     from sasa.explain import attention_maps, draw_attention_maps
     from sasa.images import open_rgb
 
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"image {args.image!r} does not exist")
-    model, meta = load_classifier(args.checkpoint, torch.device("cpu"))
+    model, meta = load_checkpoint(args.checkpoint, device="cpu")
     image = build_eval_transform(meta["preprocess"])(open_rgb(args.image))
-    maps = attention_maps(model, image[None], pixels=[args.pixel], layer=args.layer)
+    try:
+        maps = attention_maps(model, image[None], pixels=[args.pixel], layer=args.layer)
+    except ValueError as error:  # a pixel outside the image or an unknown layer name: the user's input
+        raise UserError(str(error)) from None
     mean, std = (torch.tensor(meta["preprocess"][key][: image.shape[0]]).view(-1, 1, 1) for key in ("mean", "std"))
     draw_attention_maps(maps, (image * std + mean).clamp(0, 1), pixel=args.pixel, out=args.out)
     print(f"{args.out}: layer {maps.layer}, query {args.pixel} -> feature pixel {maps.positions[0]} of {maps.feature_size}")
