@@ -12,8 +12,9 @@ from sasa.engine import load_weights, save_weights
 
 SMALL = ["--data", "digits", "--limit-train", "32", "--limit-val", "16", "--img-size", "16", "--batch-size", "16",
          "--quiet"]
-DET_TINY = ["--shapes-train", "6", "--shapes-val", "3", "--img-size", "64", "--fpn-channels", "32",
-            "--anchor-size", "8", "--batch-size", "3", "--lr", "1e-3", "--quiet"]
+DET_SMALL = ["--img-size", "64", "--fpn-channels", "32", "--anchor-size", "8", "--batch-size", "3", "--lr", "1e-3",
+             "--quiet"]  # --data coco refuses the --shapes-* flags (item 2)
+DET_TINY = ["--shapes-train", "6", "--shapes-val", "3", *DET_SMALL]
 
 
 def run_main(capsys, *argv):
@@ -118,7 +119,7 @@ def test_item5_detection_paths_are_stored_absolute_and_evaluate_elsewhere(capsys
     monkeypatch.chdir(tmp_path / "work")
     coco = ["--data", "coco", "--images", "coco/train", "--ann", "coco/annotations/instances_train.json",
             "--val-images", "coco/val", "--val-ann", "coco/annotations/instances_val.json"]
-    assert main(["detect-train", "--out", "run", *coco, *DET_TINY, "--epochs", "1"]) == 0
+    assert main(["detect-train", "--out", "run", *coco, *DET_SMALL, "--epochs", "1"]) == 0
     config = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
     assert config["options"]["val_ann"] == str(tmp_path / "work" / "coco" / "annotations" / "instances_val.json")
     assert config["data"]["val_images"] == str(tmp_path / "work" / "coco" / "val")
