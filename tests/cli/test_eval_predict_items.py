@@ -61,8 +61,8 @@ def test_item33_a_digits_checkpoint_evaluates_on_an_image_folder_of_the_digits(c
     from sasa.classification.data import load_classification_data
 
     out = tmp_path / "digits"
-    assert main(["train", "--model", "resnet26", "--data", "digits", "--out", str(out), "--limit-train", "256",
-                 "--limit-val", "100", "--img-size", "16", "--batch-size", "32", "--epochs", "2", "--warmup-epochs", "0",
+    assert main(["train", "--model", "resnet26", "--data", "digits", "--out", str(out), "--limit-train", "512",
+                 "--limit-val", "100", "--img-size", "16", "--batch-size", "32", "--epochs", "4", "--warmup-epochs", "0",
                  "--quiet"]) == 0
     from sasa.classification.data import subset
 
