@@ -52,13 +52,16 @@ def test_positional_variants():
     assert LocalSelfAttention2d(8, 16, positional="none").rel_pos is None
 
 
-def test_content_false_ignores_keys():
+def test_content_false_has_no_key_projection():
+    """q·r only (paper Table 6): the projection makes [q | v]; the value half changes the output, nothing else
+    is a key (tests/models/test_ablation_options.py checks it equals the layer with zero keys)."""
     layer = LocalSelfAttention2d(4, 8, kernel_size=3, num_heads=2, content=False)
+    assert layer.qkv.out_channels == 16
     x = torch.randn(1, 4, 5, 5)
     with torch.no_grad():
         base = layer(x)
-        layer.qkv.weight[8:16].normal_()  # the key projection
-        torch.testing.assert_close(layer(x), base)
+        layer.qkv.weight[8:16].normal_()  # the value projection
+        assert not torch.allclose(layer(x), base)
 
 
 @pytest.mark.parametrize(
