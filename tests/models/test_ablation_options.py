@@ -100,6 +100,14 @@ def test_model_opt_flag_parses_values_and_refuses_unknown_keys(capsys):
     assert "valid options" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text, value", [("true", True), ("False", False), (" TRUE", True), ("3", 3), ("", ""),
+                                         ("(1, 2)", (1, 2)), ("relative", "relative")])
+def test_model_opt_values_parse_booleans_in_any_case(text, value):
+    from sasa.cli.options import parse_value
+
+    assert parse_value(text) == value and type(parse_value(text)) is type(value)
+
+
 def test_model_opt_reaches_training_and_the_checkpoint(tmp_path):
     from sasa.classification import load_checkpoint, resolve_options, train
 

@@ -49,8 +49,14 @@ def _checked(check: Check, cast: type):
     return lambda text: _number(text, cast, check.accept, expected)
 
 
+_BOOLEANS = {"true": True, "false": False}
+
+
 def parse_value(text: str) -> Any:
-    """A Python literal (5, 0.5, False, (1, 2), 'x') if ``text`` is one, else the text itself (none, conv)."""
+    """A Python literal (5, 0.5, False, (1, 2), 'x') if ``text`` is one, true/false in any case as a bool,
+    else the text itself (none, conv)."""
+    if text.strip().lower() in _BOOLEANS:
+        return _BOOLEANS[text.strip().lower()]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
