@@ -132,3 +132,52 @@ def test_fused_path_runs_in_chunks(monkeypatch):
     monkeypatch.setattr(attention_stem, "_STEM_CHUNK_PIXELS", 48)  # 3 blocks per chunk, 32 blocks
     torch.testing.assert_close(stem(x), whole)
     torch.testing.assert_close(stem.eval()(x), _unfused(stem, x))
+
+
+def _peaks_inputs(dtype, heads, dim, mixtures, blocks=70, block=16, constant_blocks=3):
+    """Random _StemPeaks inputs; the first blocks are black (out = 0 exactly: all pixels tie in every channel's max)."""
+    pixels = torch.randn(blocks, block, 3, dtype=dtype)
+    pixels[:constant_blocks] = 0
+    params = [
+        torch.randn(heads, 3, 3, dtype=dtype), torch.randn(heads, block, block, 3, dtype=dtype),
+        torch.randn(block, mixtures, dtype=dtype).softmax(-1), torch.randn(heads, dim, mixtures * 3, dtype=dtype),
+    ]
+    return [t.requires_grad_() for t in (pixels, *params)]
+
+
+@pytest.mark.parametrize("isa", ["native", "baseline"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("heads,dim,mixtures,stats", [(1, 64, 4, True), (1, 64, 4, False), (2, 8, 3, True), (3, 5, 1, False)])
+def test_cpu_kernel_matches_the_chunked_stem(isa, dtype, heads, dim, mixtures, stats):
+    """The C++ stem kernel (_StemPeaksFused; (1, 64, 4) is its specialised default stem) gives _StemPeaks' values
+    and gradients, ties of the max pool included (split evenly as amax's backward)."""
+    from sasa.functional import cpu_fused
+    from sasa.layers import attention_stem
+
+    ext = cpu_fused.load_extension()
+    if ext is None:
+        pytest.skip("no C++ extension")
+    torch.manual_seed(0)
+    inputs = _peaks_inputs(dtype, heads, dim, mixtures)
+    if isa == "baseline":
+        ext.limit_isa("baseline")
+    try:
+        got = attention_stem._StemPeaksFused.apply(*inputs, stats)
+    finally:
+        ext.limit_isa("avx512")
+    want = attention_stem._StemPeaks.apply(*inputs, stats)
+    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {}
+    for g, w in zip(got[: 1 + 2 * int(stats)], want):
+        torch.testing.assert_close(g, w, **tol)
+    grads = [torch.randn_like(t) for t in want[: 1 + 2 * int(stats)]]
+    if isa == "baseline":
+        ext.limit_isa("baseline")
+    try:
+        got_grads = torch.autograd.grad(got[: len(grads)], inputs, grads)
+    finally:
+        ext.limit_isa("avx512")
+    want_grads = torch.autograd.grad(want[: len(grads)], inputs, grads)
+    if dtype == torch.float32:  # sums of ~10^3 float32 terms in another order (float64 checks the formulas)
+        tol = {"atol": 1e-4, "rtol": 1e-3}
+    for name, g, w in zip(["pixels", "bilinear", "rel", "mix", "w"], got_grads, want_grads):
+        torch.testing.assert_close(g, w, **tol, msg=lambda m, name=name: f"{name}: {m}")

@@ -1,6 +1,7 @@
 """Backend ``"cpu_fused"``: the fused C++/OpenMP CPU kernel (forward and backward).
 
-The extension (``csrc/local_attention_cpu.cpp``) is JIT-compiled with
+The extension (``csrc/local_attention_cpu.cpp``, plus ``csrc/attention_stem_cpu.cpp``: the attention stem's
+block attention, used by ``sasa.layers.attention_stem``) is JIT-compiled with
 :func:`torch.utils.cpp_extension.load` on first use and cached in
 ``$TORCH_EXTENSIONS_DIR/sasa_local_attention_cpu_<tag>`` (default
 ``~/.cache/sasa/torch_extensions``; ``SASA_EXTENSIONS_DIR`` overrides it for sasa only).
@@ -40,7 +41,7 @@ from sasa.functional._checks import SUPPORTED_DTYPES
 
 logger = logging.getLogger("sasa.functional")
 
-_SOURCE = Path(__file__).with_name("csrc") / "local_attention_cpu.cpp"
+_SOURCES = [Path(__file__).with_name("csrc") / name for name in ("local_attention_cpu.cpp", "attention_stem_cpu.cpp")]
 _CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-Wno-psabi"]
 _LDFLAGS = ["-fopenmp"]
 
@@ -90,7 +91,7 @@ def _build() -> Any:
     with _process_lock(directory):
         return cpp_extension.load(
             name="sasa_local_attention_cpu",
-            sources=[str(_SOURCE)],
+            sources=[str(source) for source in _SOURCES],
             extra_cflags=_CFLAGS,
             extra_ldflags=_LDFLAGS,
             build_directory=str(directory),

@@ -7,6 +7,7 @@ from einops import rearrange
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from sasa.functional import cpu_fused
 from sasa.layers.relative_position import RelativePositionEmbedding2d
 
 STEM_VALUE_KINDS = ("spatially-aware", "plain", "conv")  # paper Table 7
@@ -152,8 +153,9 @@ class AttentionStem(nn.Module):
         * BN is a per-channel affine map a·out + b and ReLU is monotone, so the max pool over a block
           (= one pool window) commutes with them: max_p relu(a·out_p + b) = relu(|a|·max_p(sign(a)·out_p) + b).
           sign(a) = sign(γ) is known before the statistics, so it is folded into W_cat.
-        The block attention runs in chunks of blocks (:class:`_StemPeaks`): no full-resolution tensor is
-        allocated or saved, and the backward recomputes each chunk.
+        The block attention runs in chunks of blocks (:class:`_StemPeaks`; on CPU the C++ kernel
+        :class:`_StemPeaksFused`): no full-resolution tensor is allocated or saved, and the backward recomputes
+        each chunk.
         """
         s, n, dim = self.block_size, self.num_heads, self.head_dim
         batch, cin, height, width = x.shape
@@ -169,7 +171,8 @@ class AttentionStem(nn.Module):
         bn = self.bn
         sign = torch.where(bn.weight.detach() < 0, -1.0, 1.0).to(x.dtype).view(n, dim, 1)
         use_batch_stats = self.training or bn.running_mean is None
-        peak, y_sum, y_gram = _StemPeaks.apply(pixels, bilinear, rel, mix, w_cat * sign, use_batch_stats)
+        peaks = _StemPeaksFused if _fused_kernel(x) is not None else _StemPeaks
+        peak, y_sum, y_gram = peaks.apply(pixels, bilinear, rel, mix, w_cat * sign, use_batch_stats)
         if use_batch_stats:
             count = pixels.shape[0] * pixels.shape[1]
             y_mean = y_sum / count  # (N, K), float64
@@ -281,3 +284,41 @@ class _StemPeaks(torch.autograd.Function):
         it = iter(totals)
         param_grads = [next(it) if p.requires_grad else None for p in params]
         return (grad_pixels, *param_grads, None)
+
+
+def _fused_kernel(x: torch.Tensor):
+    """The C++ extension whose ``stem_forward``/``stem_backward`` run :class:`_StemPeaks` on CPU, or None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    return cpu_fused.load_extension()
+
+
+class _StemPeaksFused(torch.autograd.Function):
+    """:class:`_StemPeaks` in the C++ kernel (``csrc/attention_stem_cpu.cpp``): one pass per block of pixels,
+    the backward recomputes each block; reductions are summed from per-chunk partials (thread-count
+    independent)."""
+
+    @staticmethod
+    def forward(ctx, pixels, bilinear, rel, mix, w_signed, stats: bool):
+        ext = cpu_fused.load_extension()
+        inputs = [t.contiguous() for t in (pixels, bilinear, rel, mix, w_signed)]
+        peak, y_sum, y_gram = ext.stem_forward(*inputs, stats)
+        if stats:
+            y_sum, y_gram = y_sum.sum(0), y_gram.sum(0)
+        else:
+            y_sum = y_gram = pixels.new_zeros((), dtype=torch.float64)
+        ctx.save_for_backward(*inputs)
+        ctx.stats = stats
+        return peak, y_sum, y_gram
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_peak, grad_sum, grad_gram):
+        inputs = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        d_bilinear, d_rel, d_mix, d_w, d_pixels = cpu_fused.load_extension().stem_backward(
+            grad_peak, grad_sum, grad_gram, *inputs, ctx.stats, need[0]
+        )
+        partials = (d_bilinear, d_rel, d_mix, d_w)
+        grads = [p.sum(0) if wanted else None for p, wanted in zip(partials, need[1:5])]
+        return (d_pixels if need[0] else None, *grads, None)

@@ -894,6 +894,15 @@ std::vector<torch::Tensor> local_attention_backward_packed(torch::Tensor gout, t
   return {dqkv, drel};
 }
 
+bool sasa_use_avx2() { return use_avx2(); }  // for attention_stem_cpu.cpp
+
+// attention_stem_cpu.cpp: the attention stem's fused block attention
+std::vector<torch::Tensor> stem_forward(torch::Tensor pixels, torch::Tensor bilinear, torch::Tensor rel,
+                                        torch::Tensor mix, torch::Tensor w, bool stats);
+std::vector<torch::Tensor> stem_backward(torch::Tensor gpeak, torch::Tensor gsum, torch::Tensor ggram,
+                                         torch::Tensor pixels, torch::Tensor bilinear, torch::Tensor rel,
+                                         torch::Tensor mix, torch::Tensor w, bool stats, bool need_pixels);
+
 std::string isa() { return use_avx512() ? "avx512" : use_avx2() ? "avx2" : "baseline"; }
 void force_baseline_isa(bool force) { g_max_isa = force ? 0 : 2; }
 // Testing: the highest instruction set the kernels may use ("baseline", "avx2" or "avx512").
@@ -912,6 +921,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("kernel_size"), py::arg("num_heads"), py::arg("scale") = 1.0, py::arg("need_lse") = true);
   m.def("backward_packed", &local_attention_backward_packed,
         "layout-native backward -> [dqkv (B, 3ND, H, W), drel_partial]");
+  m.def("stem_forward", &stem_forward, "attention stem block attention -> [peak, ysum_partial, gram_partial]");
+  m.def("stem_backward", &stem_backward,
+        "attention stem backward -> [dbilinear, drel, dmix, dw (per-chunk partials), dpixels]");
   m.def("isa", &isa, "instruction set the kernels run with ('avx2' or 'baseline')");
   m.def("force_baseline_isa", &force_baseline_isa, "testing: run the baseline-ISA kernels even with AVX2");
   m.def("limit_isa", &limit_isa, "testing: highest ISA the kernels may use ('baseline', 'avx2', 'avx512')");
