@@ -67,3 +67,14 @@ def count_flops(model: nn.Module, input_size: tuple[int, ...] | int = 224, *, in
         for handle in handles:
             handle.remove()
     return 2 * total
+
+
+def model_cost(name: str, *, img_size: int = 224, num_classes: int = 1000, **overrides) -> tuple[int, int]:
+    """(parameters, FLOPs at img_size×img_size) of ``sasa.create_model(name, **overrides)``.
+
+    Built on the meta device: the counts need shapes only, no arithmetic and no memory."""
+    from sasa.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, **overrides)
+    return count_params(model), count_flops(model, img_size)

@@ -37,13 +37,12 @@ def train_row(row: AblationRow, *, seed: int, data: str, depth: int, run_dir: Pa
     from sasa.classification import resolve_options, resume, train
 
     model, model_opt = row.model_kwargs(depth)
-    given = {"model": model, "model_opt": model_opt, "data": data, "seed": seed, "quiet": True, **overrides}
-    options = resolve_options(given)
     started = time.perf_counter()
     if (run_dir / "state.pt").exists():  # interrupted mid-training: continue after its last epoch
         result = resume(run_dir, quiet=True)
     else:
-        result = train(options, out=run_dir, force=True)
+        given = {"model": model, "model_opt": model_opt, "data": data, "seed": seed, "quiet": True, **overrides}
+        result = train(resolve_options(given), out=run_dir, force=True)
     return {"top1": result.best_value, "best_epoch": result.best_epoch, "epochs": len(result.rows),
             "seconds": time.perf_counter() - started, "model": model, "model_opt": model_opt}
 

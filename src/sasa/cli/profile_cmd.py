@@ -6,9 +6,9 @@ import json
 
 from sasa.cli.options import KeyValueAction, positive_int
 from sasa.errors import UserError
-from sasa.models import create_model, list_models
+from sasa.models import list_models
 from sasa.models.registry import resolve_config
-from sasa.profile import count_flops, count_params
+from sasa.profile import model_cost
 
 
 def add_parser(subparsers) -> None:
@@ -30,8 +30,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def profile_model(name: str, *, img_size: int, num_classes: int, model_opt: dict | None = None) -> dict:
-    model = create_model(name, num_classes=num_classes, **(model_opt or {}))
-    params, flops = count_params(model), count_flops(model, img_size)
+    params, flops = model_cost(name, img_size=img_size, num_classes=num_classes, **(model_opt or {}))
     record = {"model": name, "params": params, "flops": flops, "img_size": img_size, "num_classes": num_classes}
     return {**record, "model_opt": model_opt} if model_opt else record
 
