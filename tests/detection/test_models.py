@@ -149,3 +149,39 @@ def test_attention_head_residual_option():
     block = residual.head.classification_head.conv[0][0]
     assert torch.allclose(block(x), x + block.attention(x))
 
+
+
+@pytest.mark.parametrize("name", ["retinanet_resnet26", "retinanet_sa_resnet26_attnhead"])
+def test_fpn_norm_option(name):
+    """fpn_norm="group" puts GroupNorm after every FPN lateral, output and P6/P7 layer; default: none (the paper's)."""
+    plain = create_detector(name, num_classes=3, **TINY)
+    normed = create_detector(name, num_classes=3, fpn_norm="group", **TINY)
+    assert plain.config.fpn_norm == "none" and normed.config.fpn_norm == "group"
+    fpn = normed.backbone.fpn
+    for block in (*fpn.inner_blocks, *fpn.layer_blocks, fpn.extra_blocks.p6, fpn.extra_blocks.p7):
+        assert isinstance(block[-1], nn.GroupNorm)
+    assert not any(isinstance(m, nn.GroupNorm) for m in plain.backbone.modules())
+    kind = nn.Conv2d if name == "retinanet_resnet26" else LocalSelfAttention2d
+    assert isinstance(fpn.layer_blocks[0][0], kind) and isinstance(fpn.extra_blocks.p6[0], kind)
+    images, targets = _batch()
+    sum(normed(images, targets).values()).backward()
+    assert all(p.grad is not None for p in normed.parameters())
+    with pytest.raises(ValueError, match="fpn_norm"):
+        resolve_detector_config(name, fpn_norm="batch")
+
+
+def test_readout_residual_option():
+    """readout_residual makes each read-out mix(x + attn(x)) (no parameters); default: the paper's mix(attn(x))."""
+    from sasa.detection.model import ResidualAttention
+
+    plain = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, **TINY)
+    residual = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, readout_residual=True, **TINY)
+    assert residual.config.readout_residual and not plain.config.readout_residual
+    readout = residual.head.regression_head.bbox_reg
+    assert isinstance(readout.attention, ResidualAttention)
+    assert isinstance(plain.head.classification_head.cls_logits.attention, LocalSelfAttention2d)
+    assert count_params(residual) == count_params(plain)
+    x = torch.randn(1, 32, 8, 8)
+    assert torch.allclose(readout(x), readout.mix(x + readout.attention.attention(x)))
+    with pytest.raises(TypeError, match="readout_residual"):
+        resolve_detector_config("retinanet_sa_resnet26_attnhead", readout_residual="yes")

@@ -17,6 +17,7 @@ from sasa.models import list_models
 from sasa.registry import unknown_name_error
 
 HEAD_NORMS = ("group", "none")
+FPN_NORMS = ("none", "group")
 
 
 def norm_groups(channels: int) -> int:
@@ -41,7 +42,13 @@ class DetectorConfig:
     # head != "conv" only, not the paper's form: the FPN output and 4+4 subnet layers add their input,
     # x + mixer(x) (before the subnet's GroupNorm + ReLU)
     head_residual: bool = False
+    # head != "conv" only, not the paper's form: the read-out's attention adds its input too, mix(x + attn(x)),
+    # so each anchor's logits/deltas see its own position's features, not only a softmax average of its window
+    readout_residual: bool = False
     head_norm: str = "group"  # GroupNorm(32) after each head conv (torchvision's RetinaNet v2); "none": v1
+    # "group": GroupNorm after each FPN lateral, output and P6/P7 layer (torchvision's FPN norm_layer), so the
+    # heads see unit-scale features; not in the paper nor in RetinaNet v1/v2, hence "none" by default
+    fpn_norm: str = "none"
     # GeneralizedRCNNTransform resizes so the short side is min_size, the long side at most max_size.
     # 640: the paper trained RetinaNet on crops with a max dimension of 640 (§4.2).
     min_size: int = 640
@@ -68,9 +75,11 @@ class DetectorConfig:
             object.__setattr__(self, name, value)
         if self.head_norm not in HEAD_NORMS:
             raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {self.head_norm!r}")
+        if self.fpn_norm not in FPN_NORMS:
+            raise ValueError(f"fpn_norm must be one of {FPN_NORMS}, got {self.fpn_norm!r}")
         if self.max_size < self.min_size:
             raise ValueError(f"need min_size <= max_size, got min_size={self.min_size}, max_size={self.max_size}")
-        if self.fpn_channels < 2 or (self.head_norm == "group" and self.fpn_channels % norm_groups(self.fpn_channels)):
+        if self.fpn_channels < 2 or ("group" in (self.head_norm, self.fpn_norm) and self.fpn_channels % norm_groups(self.fpn_channels)):
             raise ValueError(
                 f"fpn_channels must be even, and a multiple of 32 from 64 on (GroupNorm groups), got {self.fpn_channels}"
             )
@@ -79,8 +88,9 @@ class DetectorConfig:
         for name in ("score_thresh", "nms_thresh"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not isinstance(self.head_residual, bool):
-            raise TypeError(f"head_residual must be a bool, got {self.head_residual!r}")
+        for name in ("head_residual", "readout_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
 
 

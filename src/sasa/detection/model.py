@@ -22,8 +22,10 @@ The FPN's attention keeps the fan-in init throughout. The 1×1 lateral convs sta
 Another registered mixer as ``head`` takes the same places with its own init.
 
 ``head_residual=True`` (a named option, off by default) wraps the FPN output and the 4+4 subnet
-attention layers as ``x + attn(x)`` (:class:`ResidualAttention`; no parameters, no counted FLOPs).
-The shapes training recipe turns it on: there the plain form did not learn in budget (README).
+attention layers as ``x + attn(x)`` (:class:`ResidualAttention`; no parameters, no counted FLOPs);
+``readout_residual=True`` does the same for the read-outs' attention (``mix(x + attn(x))``), and
+``fpn_norm="group"`` adds GroupNorm after every FPN layer. None is the paper's form; the shapes
+training recipe turns them on: there the plain form did not learn in budget (README).
 """
 from __future__ import annotations
 
@@ -78,15 +80,23 @@ def build_backbone_with_fpn(config: DetectorConfig) -> BackboneWithFPN:
     shared = type(resolve_config(config.backbone).attention) is type(config.attention)
     resnet = create_model(config.backbone, num_classes=0, attention=config.attention if shared else None)
     channels = [width * resnet.config.expansion for width in resnet.config.widths[1:]]
+    extra = LastLevelP6P7(config.fpn_channels, config.fpn_channels)
     backbone = BackboneWithFPN(
         resnet,
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
         in_channels_list=channels,
         out_channels=config.fpn_channels,
-        extra_blocks=LastLevelP6P7(config.fpn_channels, config.fpn_channels),
+        extra_blocks=extra,
+        norm_layer=_group_norm if config.fpn_norm == "group" else None,  # after the laterals and P3-P5 outputs
     )
+    extra.p6, extra.p7 = _fpn_extra(extra.p6, config), _fpn_extra(extra.p7, config)
     backbone.body.config = resnet.config  # what load_backbone_weights_ checks a classifier against
     return backbone
+
+
+def _fpn_extra(layer: nn.Module, config: DetectorConfig) -> nn.Module:
+    """P6 or P7's layer, followed by GroupNorm under ``fpn_norm="group"``."""
+    return nn.Sequential(layer, _group_norm(config.fpn_channels)) if config.fpn_norm == "group" else layer
 
 
 class ResidualAttention(nn.Module):
@@ -141,6 +151,8 @@ def _same_width_layer(config: DetectorConfig, *, value_std: float | None = None)
 def _readout(conv: nn.Conv2d, config: DetectorConfig) -> AttentionReadout:
     """The read-out replacing prediction conv ``conv``, keeping its bias init (the class prior)."""
     mixer = _head_mixer(conv.in_channels, config, value_std=HEAD_INIT_STD)
+    if config.readout_residual:
+        mixer = ResidualAttention(mixer)
     readout = AttentionReadout(mixer, config.fpn_channels, conv.out_channels)
     nn.init.normal_(readout.mix.weight, std=HEAD_INIT_STD)
     with torch.no_grad():
@@ -154,8 +166,8 @@ def replace_head_mixers_(backbone: BackboneWithFPN, head: RetinaNetHead, config:
     for block in backbone.fpn.layer_blocks:
         block[0] = _same_width_layer(config)
     extra = backbone.fpn.extra_blocks
-    extra.p6 = _head_mixer(extra.p6.in_channels, config, stride=2)
-    extra.p7 = _head_mixer(config.fpn_channels, config, stride=2)
+    extra.p6 = _fpn_extra(_head_mixer(config.fpn_channels, config, stride=2), config)
+    extra.p7 = _fpn_extra(_head_mixer(config.fpn_channels, config, stride=2), config)
     for subnet in (head.classification_head, head.regression_head):
         for block in subnet.conv:
             block[0] = _same_width_layer(config, value_std=HEAD_INIT_STD)

@@ -13,8 +13,8 @@ from sasa.errors import UserError
 
 COCO_PATHS = ("images", "ann", "val_images", "val_ann")
 SHAPES_FIELDS = ("shapes_train", "shapes_val", "shapes_seed")
-DETECTOR_FIELDS = ("backbone", "head", "head_residual", "kernel_size", "num_heads", "backend", "fpn_channels",
-                   "anchor_size")
+DETECTOR_FIELDS = ("backbone", "head", "head_residual", "readout_residual", "fpn_norm", "kernel_size", "num_heads", "backend",
+                   "fpn_channels", "anchor_size")
 
 
 @dataclass(kw_only=True)
@@ -35,6 +35,10 @@ class DetectionOptions(TrainConfig):
     head: str | None = option(None, "spatial layers of the FPN and heads", choices=("conv", "attention"))
     head_residual: bool | None = option(None, "--head attention: x + attn(x) in the FPN and subnets (not the paper's "
                                         "form; --no-head-residual: the paper's plain form)")
+    readout_residual: bool | None = option(None, "--head attention: the class/box read-outs mix x + attn(x) (not the "
+                                           "paper's form; --no-readout-residual: the paper's)")
+    fpn_norm: str | None = option(None, "GroupNorm after each FPN layer (group; not the paper's form) or none",
+                                  choices=("none", "group"))
     kernel_size: int | None = option(None, "attention window of backbone and heads", check=POSITIVE)
     num_heads: int | None = option(None, "attention heads", check=POSITIVE)
     backend: str | None = option(None, "local_attention2d backend (default auto)")
