@@ -14,6 +14,7 @@ from sasa.functional._checks import check_integer, check_kernel_size, check_padd
 from sasa.functional.dispatch import check_backend_name
 from sasa.functional.flops import local_attention2d_macs
 from sasa.layers.absolute_position import sinusoidal_position_2d
+from sasa.layers.projection import project
 from sasa.layers.relative_position import RelativePositionEmbedding2d
 
 POSITIONAL_CHOICES = ("relative", "absolute", "none")
@@ -126,7 +127,7 @@ class LocalSelfAttention2d(nn.Module):
 
     def packed_projection(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> qkv (B, 3·C_out, H, W): [q | k | v] as the op takes them (q not yet scaled)."""
-        qkv = self.qkv(x)
+        qkv = project(self.qkv, x)  # the conv, through oneDNN on CPU (sasa.layers.projection)
         if self.qkv_norm is not None:
             qkv = self.qkv_norm(qkv)
         if not self.content:  # zero keys leave the q·r logit alone
