@@ -61,6 +61,34 @@ def test_grad_checkpointing_same_gradients(name):
     assert model.grad_checkpointing
 
 
+def _saved_activation_bytes(model, x) -> int:
+    """Bytes of the non-parameter tensors autograd saves for backward during model(x) (distinct storages)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("name", ["sa_resnet26", "axial_resnet50_s_full"])
+def test_grad_checkpointing_saves_only_block_inputs(name):
+    """Checkpointed blocks keep only their inputs for backward: far fewer activation bytes than without
+    (sa_resnet26 at 64: 0.30 of them; a no-op flag gives 1.0)."""
+    model = _small(name).train()
+    x = torch.randn(2, 3, 64, 64)
+    plain = _saved_activation_bytes(model, x)
+    model.set_grad_checkpointing(True)
+    checkpointed = _saved_activation_bytes(model, x)
+    assert checkpointed < 0.5 * plain, (checkpointed, plain)  # the stem (not a block) is kept in both
+
+
 def test_grad_checkpointing_recomputes_blocks():
     """Each block's forward runs again during backward (the activations were not kept)."""
     model = _small("sa_resnet26").train()

@@ -120,21 +120,27 @@ class ResNet(nn.Module):
                     nn.init.zeros_(module.bn3.weight)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.stem == "blocks":  # bottlenecks at 1/2 resolution: checkpointed as the stages' are
+            return self._run_blocks(self.stem, x)
         if self.config.stem != "conv":
             return self.stem(x)
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def _run_blocks(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled() and isinstance(block, Bottleneck):
+                # activations inside the block are recomputed in backward (BN running stats then
+                # see the batch twice, as with timm's checkpoint_seq)
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, num_features, H/32, W/32)."""
         x = self.forward_stem(x)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in stage:
-                if self.grad_checkpointing and torch.is_grad_enabled():
-                    # activations inside the block are recomputed in backward (BN running stats then
-                    # see the batch twice, as with timm's checkpoint_seq)
-                    x = checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
+            x = self._run_blocks(stage, x)
         return x
 
     def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
@@ -161,7 +167,8 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each bottleneck block's activations in backward instead of keeping them (same gradients)."""
+        """Recompute each bottleneck block's activations (the stages' and a "blocks" stem's) in backward
+        instead of keeping them (same gradients); only each block's input is saved."""
         self.grad_checkpointing = enable
 
     def group_matcher(self, coarse: bool = False) -> dict:
