@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sasa.ablation import table_rows
-from sasa.ablation.study import run_study
+from sasa.ablation.study import finished_twin, run_study
 from sasa.classification import resolve_options, train
 from sasa.cli.main import main
 
@@ -54,3 +54,22 @@ def test_study_trains_each_row_once_and_resumes(tmp_path):
     assert [line for line in log if "training table" in line] == [
         "ablation: training table 6 row 'qk+qr' seed 0 (logits q·k + q·r)"
     ]
+
+
+def test_a_row_that_is_the_same_model_reuses_the_finished_training(tmp_path):
+    (tmp_path / "results").mkdir()
+    trained = {"table": 3, "row": "1234", "seed": 0, "data": "digits", "depth": 26, "top1": 97.5, "seconds": 80.0,
+               "model": "sa_resnet26_convstem", "model_opt": {"mixer_stages": "1234"}}
+    (tmp_path / "results" / "t3_1234_s0.json").write_text(json.dumps(trained))
+    k5, k7 = (row for row in table_rows(4) if row.row in ("5", "7"))
+    header = {"seed": 0, "data": "digits", "depth": 26, "overrides": {}}
+    assert finished_twin(k7, out=tmp_path, header=header)["key"] == "t3_1234_s0"
+    assert finished_twin(k5, out=tmp_path, header=header) is None  # another model
+    for changed in ({"seed": 1}, {"data": "other"}, {"depth": 50}, {"overrides": {"epochs": 2}}):
+        assert finished_twin(k7, out=tmp_path, header={**header, **changed}) is None
+    log: list[str] = []
+    records = run_study([k7], out=tmp_path, data="digits", seeds=1, log=log.append)
+    assert not [line for line in log if "training table" in line]
+    reused = json.loads((tmp_path / "results" / "t4_7_s0.json").read_text())
+    assert reused["same_as"] == "t3_1234_s0" and reused["table"] == 4 and reused["row"] == "7"
+    assert records[0]["top1_mean"] == 97.5

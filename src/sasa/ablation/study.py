@@ -8,7 +8,8 @@ Layout of the study folder::
     ablation.png                 accuracy vs FLOPs and vs parameters, ours beside the paper's
 
 A (row, seed) whose result file exists is never retrained, so an interrupted study continues where it
-stopped. The rows are trained on the ResNet-``depth`` layout (default 26: the study must fit a CPU), with
+stopped; a row that is the same model as a finished one (Table 4's k=7, Table 5's relative, Table 6's
+q·k + q·r and Table 3's "1234" are one ResNet) takes that result, marked ``same_as``. The rows are trained on the ResNet-``depth`` layout (default 26: the study must fit a CPU), with
 the data's recipe; their parameters and FLOPs are reported for the paper's ResNet-50 at 224.
 """
 from __future__ import annotations
@@ -58,15 +59,38 @@ def run_study(rows: list[AblationRow], *, out: Path, data: str, seeds: int, dept
             result_file = out / "results" / f"{key}.json"
             if result_file.exists():
                 continue
+            header = {"table": row.table, "row": row.row, "seed": seed, "data": data, "depth": depth,
+                      "overrides": overrides or {}}
+            twin = finished_twin(row, out=out, header=header)
+            if twin is not None:  # the same model, seed and recipe already trained under another row's label
+                atomic_write_json(result_file, {**twin, **header, "key": None, "seconds": 0.0, "same_as": twin["key"]})
+                log(f"ablation: {key}: the same training as {twin['key']} (best val top-1 {twin['top1']:.2f}%)")
+                continue
             log(f"ablation: training table {row.table} row {row.row!r} seed {seed} ({row.description})")
             result = train_row(row, seed=seed, data=data, depth=depth, run_dir=out / "runs" / key,
                                overrides=overrides or {})
-            atomic_write_json(result_file, {"table": row.table, "row": row.row, "seed": seed, "data": data,
-                                            "depth": depth, **result})
+            atomic_write_json(result_file, {**header, **result})
             log(f"ablation: {key}: best val top-1 {result['top1']:.2f}% in {result['seconds']:.0f} s")
     records = [summarise(row, out=out, seeds=seeds) for row in rows]
     write_outputs(records, out)
     return records
+
+
+def finished_twin(row: AblationRow, *, out: Path, header: dict) -> dict | None:
+    """A finished result (with its ``key``) of another row that trains the identical model config with the same
+    seed, data, depth and recipe overrides: e.g. Table 4's k=7 and Table 3's "1234" are one model."""
+    from sasa.models.registry import resolve_config
+
+    model, model_opt = row.model_kwargs(header["depth"])
+    config = resolve_config(model, **model_opt)
+    for path in sorted((out / "results").glob("*.json")):
+        result = json.loads(path.read_text())
+        if result.get("same_as") or any(result.get(k, {} if k == "overrides" else None) != header[k]
+                                        for k in ("seed", "data", "depth", "overrides")):
+            continue
+        if resolve_config(result["model"], **result["model_opt"]) == config:
+            return {**result, "key": path.stem}
+    return None
 
 
 def summarise(row: AblationRow, *, out: Path, seeds: int) -> dict:
