@@ -11,7 +11,7 @@ from sasa.errors import UserError
 
 COMMAND_MODULES = (
     "sasa.cli.profile_cmd", "sasa.cli.detect_data_cmd", "sasa.cli.detect_cmd", "sasa.cli.train_cmd", "sasa.cli.ablate_cmd",
-    "sasa.cli.attention_map_cmd",
+    "sasa.cli.attention_map_cmd", "sasa.cli.export_cmd",
 )
 
 

@@ -95,8 +95,12 @@ class AttentionStem(nn.Module):
             logits.append(torch.einsum("blpc,nco->bnlpo", pixels, folded)[..., query_pos, offset])
         return logits[0] + logits[1]
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, C_out, H, W): the block attention before BN, ReLU and pooling."""
+    def attend(self, x: torch.Tensor, *, always_mask: bool = False) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H, W): the block attention before BN, ReLU and pooling.
+
+        ``always_mask``: build the padded-pixel mask even when nothing is padded (then all True), so that a
+        graph traced at one image size (ONNX export) stays right at sizes that are not multiples of the block.
+        """
         s, n = self.block_size, self.num_heads
         height, width = x.shape[-2:]
         pad_h, pad_w = (-height) % s, (-width) % s
@@ -108,7 +112,7 @@ class AttentionStem(nn.Module):
         folded_queries = torch.einsum("blpc,nce->bnlpe", pixels, bilinear)
         logits = torch.matmul(folded_queries, pixels.transpose(-1, -2).unsqueeze(1))
         logits = logits + self._relative_logits(pixels, query_weight)
-        if pad_h or pad_w:
+        if pad_h or pad_w or always_mask:
             valid = F.pad(x.new_ones(1, 1, height, width, dtype=torch.bool), (0, pad_w, 0, pad_h))
             valid = rearrange(valid, "1 1 (y a) (z e) -> (y z) (a e)", a=s, e=s)
             logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
