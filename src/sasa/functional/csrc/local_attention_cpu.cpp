@@ -430,6 +430,10 @@ SASA_INLINE void backward_band_impl(const Geometry& g, const T* q, const T* k, c
   V* DS = DSbuf.ptr;
   V* L = Lbuf.ptr;
   Regs<V, DC> qv(D), dqacc(D);
+  VecBuf<V> drbuf(need_drel ? K * K * D : 1);
+  V* drv = drbuf.ptr;
+  if (need_drel)
+    for (int64_t x = 0; x < K * K * D; ++x) drv[x] = vsplat<V>(T(0));
   const T* rhead = rel + (g.Nr == 1 ? 0 : n) * K * K * D;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t a0 = std::max<int64_t>(0, i - r), a1 = std::min<int64_t>(H - 1, i + r);
@@ -497,20 +501,24 @@ SASA_INLINE void backward_band_impl(const Geometry& g, const T* q, const T* k, c
 #pragma GCC unroll 4
           for (int64_t d = 0; d < D; ++d, qp += Wq, dkp += Wk) vstore(dkp, vload<V>(dkp) + ds * vload<V>(qp));
         }
-        if (need_drel) {
-          T* dr = drel_slot + off * D;
+        if (need_drel) {  // lane-wise partial sums; one horizontal sum per band (below)
+          V* dr = drv + off * D;
           for (int64_t d = 0; d < D; ++d) {
             const T* qp = qrow + d * Wq;
             V acc = vsplat<V>(T(0));
             for (int64_t jv = 0; jv < NV; ++jv) acc += DSt[jv] * vload<V>(qp + jv * VL);
-            T s = 0;
-            for (int l = 0; l < VL; ++l) s += acc[l];
-            dr[d] += s;
+            dr[d] += acc;
           }
         }
       }
     }
   }
+  if (need_drel)
+    for (int64_t x = 0; x < K * K * D; ++x) {
+      T sum = 0;
+      for (int l = 0; l < VL; ++l) sum += drv[x][l];
+      drel_slot[x] += sum;
+    }
   // dk/dv rows [lo, hi): no other task of this phase touches them (bands >= 2r apart)
   lanes_to_rows<T, true>(g, dkimg, Wk, r, D, g.ct_in, bn, lo, hi, dk);
   lanes_to_rows<T, true>(g, dvimg, Wk, r, Dv, g.ct_in, bn, lo, hi, dv);
