@@ -3,12 +3,17 @@
 compile: one thread, process CPU clock (independent of other load on a shared machine), median of
 --repeats steps after the compile and --warmup steps; train step = forward + backward + SGD step,
 inference = eval forward under ``inference_mode``; the compiled model is
-``torch.compile(model, fullgraph=True, dynamic=True)`` (inductor). Both are measured in this run.
+``torch.compile(model, fullgraph=True, dynamic=True)`` (inductor; ``--static``: ``dynamic=False``). Both are
+measured in this run.
 
 checkpointing: peak memory (``_memory.peak_memory``) of one train step of --memory-model at 224,
 batch 8, with and without ``set_grad_checkpointing(True)``.
 
-    python benchmarks/bench_toolbox.py [--img-size 112] [--batch-size 8] [--skip-compile] [--skip-memory]
+onnx: inference of sa_resnet26 at --onnx-img-size (224), batch 1 and 8, PyTorch eager (eval, ``inference_mode``)
+vs onnxruntime's CPU provider on the file ``sasa.export.export_onnx`` writes; one thread each (ORT:
+intra_op_num_threads=1), process CPU time, median of --repeats runs after --warmup; the same random weights.
+
+    python benchmarks/bench_toolbox.py [--img-size 112] [--batch-size 8] [--skip-compile] [--skip-memory] [--skip-onnx] [--static]
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ def bench_compile(args) -> None:
     results = {}
     for mode in ("eager", "compiled"):
         model = sasa.create_model("sa_resnet26", num_classes=10)
-        runner = torch.compile(model, fullgraph=True, dynamic=True) if mode == "compiled" else model
+        runner = torch.compile(model, fullgraph=True, dynamic=not args.static) if mode == "compiled" else model
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 
         def train_step():
@@ -71,7 +76,8 @@ def bench_compile(args) -> None:
               f"(first call: {compile_train:.0f} s / {compile_infer:.0f} s wall)", flush=True)
     (train_e, infer_e), (train_c, infer_c) = results["eager"], results["compiled"]
     print(f"compiled/eager time: train {train_c / train_e:.2f}, inference {infer_c / infer_e:.2f} "
-          f"(sa_resnet26, batch {args.batch_size}, {args.img_size}x{args.img_size}, 1 thread, CPU time)")
+          f"(sa_resnet26, batch {args.batch_size}, {args.img_size}x{args.img_size}, 1 thread, CPU time, "
+          f"{'static' if args.static else 'dynamic'} shapes)")
 
 
 def bench_memory(args) -> None:
@@ -94,6 +100,37 @@ def bench_memory(args) -> None:
     print(f"checkpointing peak / plain peak: {peaks[True] / peaks[False]:.2f}")
 
 
+def bench_onnx(args) -> None:
+    import tempfile
+
+    import onnxruntime
+
+    from sasa.export import export_onnx
+
+    torch.manual_seed(0)
+    model = sasa.create_model("sa_resnet26", num_classes=1000).eval()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory() as directory:
+        path = export_onnx(model, Path(directory) / "sa_resnet26.onnx", img_size=args.onnx_img_size)
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for batch in (1, 8):
+        x = torch.randn(batch, 3, args.onnx_img_size, args.onnx_img_size)
+        feed = {"images": x.numpy()}
+
+        def eager():
+            with torch.inference_mode():
+                return model(x)
+
+        error = float((torch.from_numpy(session.run(None, feed)[0]) - eager()).abs().max())
+        times = {name: _median_cpu_seconds(step, args.warmup, args.repeats)
+                 for name, step in (("eager", eager), ("onnxruntime", lambda: session.run(None, feed)))}
+        print(f"sa_resnet26 inference, batch {batch}, {args.onnx_img_size}x{args.onnx_img_size}, 1 thread: "
+              f"PyTorch eager {1000 * times['eager']:.0f} ms, onnxruntime {1000 * times['onnxruntime']:.0f} ms "
+              f"(onnxruntime/eager {times['onnxruntime'] / times['eager']:.2f}; max |logit difference| {error:.1e})",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--img-size", type=int, default=112)
@@ -103,10 +140,16 @@ def main() -> None:
     parser.add_argument("--memory-model", default="sa_resnet50")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument("--static", action="store_true",
+                        help="compile with dynamic=False (inductor in torch 2.14.1 fails on the dynamic train graph)")
+    parser.add_argument("--onnx-img-size", type=int, default=224)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.skip_memory:
         bench_memory(args)
+    if not args.skip_onnx:
+        bench_onnx(args)
     if not args.skip_compile:
         bench_compile(args)
 
