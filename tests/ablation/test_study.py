@@ -22,6 +22,16 @@ def test_ablate_json_schema(capsys):
     assert rows[0]["params"] < rows[1]["params"] and rows[0]["flops"] < rows[1]["flops"]
 
 
+def test_ablate_rows_selects_rows_of_one_table(capsys):
+    assert main(["ablate", "7", "--rows", "spatially-aware", "stand-alone", "--json"]) == 0
+    assert [r["row"] for r in json.loads(capsys.readouterr().out)] == ["stand-alone", "spatially-aware"]
+    assert main(["ablate", "3", "--rows", "", "--json"]) == 0
+    assert [r["row"] for r in json.loads(capsys.readouterr().out)] == [""]
+    assert main(["ablate", "7", "--rows", "conv"]) == 2
+    assert "no row 'conv' in table 7; rows: 'stand-alone', 'conv-values', 'spatially-aware'" in capsys.readouterr().err
+    assert main(["ablate", "all", "--rows", "7"]) == 2
+
+
 def test_ablate_unknown_table_is_one_line_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["ablate", "8"])

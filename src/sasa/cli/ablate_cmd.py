@@ -9,6 +9,7 @@ from sasa.ablation import table_rows
 from sasa.ablation.profile import profile_row
 from sasa.ablation.study import run_study
 from sasa.cli.options import positive_int
+from sasa.errors import UserError
 
 
 def add_parser(subparsers) -> None:
@@ -19,6 +20,9 @@ def add_parser(subparsers) -> None:
                     "recipe (ResNet---depth layout) and its mean ± std val top-1 is added; the study resumes row by row.",
     )
     parser.add_argument("table", choices=["3", "4", "5", "6", "7", "all"], help="which table")
+    parser.add_argument("--rows", nargs="+", metavar="LABEL",
+                        help="only these rows of one table (labels as in --json; '' is Table 3's all-conv row): "
+                             "e.g. to train rows in parallel processes sharing one --out")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     parser.add_argument("--train", metavar="DATA", nargs="?", const="digits",
                         help="train every row on DATA ('digits', the default, or an ImageFolder root)")
@@ -33,6 +37,8 @@ def add_parser(subparsers) -> None:
 
 def run_ablate(args: argparse.Namespace) -> int:
     rows = table_rows(args.table)
+    if args.rows is not None:
+        rows = select_rows(rows, args.rows, table=args.table)
     if args.train:
         overrides = {key: value for key, value in (("epochs", args.epochs), ("device", args.device)) if value is not None}
         records = run_study(rows, out=args.out, data=args.train, seeds=args.seeds, depth=args.depth,
@@ -55,3 +61,14 @@ def run_ablate(args: argparse.Namespace) -> int:
     if trained:
         print(f"wrote {args.out / 'ablation.json'}, ablation.csv, ablation.png")
     return 0
+
+
+def select_rows(rows: list, labels: list[str], *, table: str) -> list:
+    """The rows named by ``labels``, in the table's order; an unknown label is a user error naming the valid ones."""
+    if table == "all":
+        raise UserError("--rows needs one table (3-7): row labels repeat across tables")
+    valid = [row.row for row in rows]
+    unknown = [label for label in labels if label not in valid]
+    if unknown:
+        raise UserError(f"no row {unknown[0]!r} in table {table}; rows: {', '.join(repr(v) for v in valid)}")
+    return [row for row in rows if row.row in labels]
