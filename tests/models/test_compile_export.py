@@ -61,6 +61,15 @@ def test_compile_fullgraph_no_recompile_small():
     _check_compiled_training(model, "aot_eager", SHAPES[:2])
 
 
+def test_compile_fullgraph_inference_small():
+    """Eval under inference_mode (the layer's oneDNN projection path is eager-only) compiles without a graph break."""
+    model = _model("sa_resnet26", **TINY).eval()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="aot_eager")
+    x = torch.randn(*SHAPES[0])
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_compile_sa_resnet26_inductor():
     model = _model("sa_resnet26").train()

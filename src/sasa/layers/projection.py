@@ -14,6 +14,9 @@ from torch import nn
 
 
 def _applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    # first: dynamo refuses to trace torch.backends.mkldnn.is_available (a graph break under fullgraph=True)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return False
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in conv.parameters()))
     return (
         not needs_grad
@@ -23,8 +26,6 @@ def _applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
         and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-        and not torch.onnx.is_in_onnx_export()
     )
 
 
