@@ -1,26 +1,59 @@
-"""The attention layer's 1×1 q/k/v projection through oneDNN on CPU at inference (same values as the conv).
+"""The attention layer's 1×1 q/k/v projection through oneDNN on CPU (same values and gradients as the conv).
 
-PyTorch sends a float32 1×1 conv with batch < 16 on one thread to its generic ("THNN") GEMM path on the
-assumption that oneDNN is slower there; where oneDNN runs AVX-512 and the GEMM library does not (MKL on
-AMD CPUs), oneDNN's 1×1 forward is about 2× faster (``benchmarks/bench_models.py``: inference). Without
-autograd :func:`project` calls oneDNN directly; with autograd it keeps the conv (a oneDNN forward with a
-GEMM backward measured no faster in a train step and kept more memory). Eager mode only (not while
-compiling, tracing or exporting), float32 CPU tensors.
+PyTorch sends a float32 1×1 conv with batch < 16 on one thread to its generic ("THNN") GEMM path, forward
+and backward, on the assumption that oneDNN is slower there; where oneDNN runs AVX-512 and the GEMM library
+does not (MKL on AMD CPUs), oneDNN's 1×1 forward is about 2× faster. :func:`project` runs the forward and
+the input gradient as oneDNN 1×1 convolutions and the weight gradient as GEMMs accumulated over the batch
+(no (B, O, C) temporary). Eager mode only (not while compiling, tracing or exporting), float32 CPU tensors;
+anything else is the conv itself. Speed: ``benchmarks/bench_models.py`` (the conv baseline's own 1×1 convs
+keep PyTorch's choice).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+_ZERO, _ONE = [0, 0], [1, 1]
+
+
+def _onednn_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, C, H, W), weight (O, C, 1, 1) -> (B, O, H, W) by oneDNN."""
+    return torch.ops.aten.mkldnn_convolution(x, weight, bias, _ZERO, _ONE, _ONE, 1)
+
+
+class _OneDnnProjection(torch.autograd.Function):
+    """1×1 conv without bias: forward and input gradient by oneDNN, weight gradient Σ_b g_b x_bᵀ by GEMM."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return _onednn_conv1x1(x, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_conv1x1(grad, weight.transpose(0, 1).contiguous())
+        if ctx.needs_input_grad[1]:
+            g = grad.view(grad.shape[0], grad.shape[1], -1)
+            xs = x.view(x.shape[0], x.shape[1], -1)
+            grad_w = torch.mm(g[0], xs[0].t())
+            for b in range(1, g.shape[0]):
+                grad_w.addmm_(g[b], xs[b].t())
+            grad_w = grad_w.view_as(weight)
+        return grad_x, grad_w
 
 
 def _applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     # first: dynamo refuses to trace torch.backends.mkldnn.is_available (a graph break under fullgraph=True)
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return False
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in conv.parameters()))
     return (
-        not needs_grad
-        and x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
+        x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
         and x.dim() == 4 and x.numel() > 0
         and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
         and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
@@ -30,7 +63,12 @@ def _applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 
 
 def project(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a 1×1 conv; through oneDNN on float32 CPU tensors without autograd, in eager mode."""
+    """``conv(x)`` for a 1×1 conv; through oneDNN on float32 CPU tensors in eager mode."""
     if not _applies(conv, x):
         return conv(x)
-    return torch.ops.aten.mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, [0, 0], [1, 1], [1, 1], 1)
+    x = x.contiguous()
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in conv.parameters()))
+    if not needs_grad:
+        return _onednn_conv1x1(x, conv.weight, conv.bias)
+    out = _OneDnnProjection.apply(x, conv.weight)
+    return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
