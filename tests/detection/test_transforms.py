@@ -85,3 +85,27 @@ def test_shapes_recipe_trains_attention_heads_with_the_identity_path():
     detector = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3,
                                **resolve_options({"data": "shapes"}).detector_overrides())
     assert detector.config.head_residual
+
+
+def test_head_options_from_flags_to_checkpoint(tmp_path):
+    """--readout-residual and --fpn-norm reach the detector, its checkpoint metadata and load_checkpoint."""
+    from sasa.cli.main import build_parser
+    from sasa.detection.checkpoint import detector_metadata, load_checkpoint
+    from sasa.detection.data import CocoDetection
+    from sasa.detection.options import resolve_options
+    from sasa.detection.shapes import generate_shapes
+    from sasa.engine import save_weights
+
+    args = build_parser().parse_args(["detect-train", "--out", "r", "--readout-residual", "--fpn-norm", "group"])
+    assert args.readout_residual is True and args.fpn_norm == "group"
+    options = resolve_options({"data": "shapes", "model": "retinanet_sa_resnet26_attnhead", "readout_residual": True,
+                               "fpn_norm": "group", "img_size": 32, "fpn_channels": 32, "anchor_size": 8})
+    default = resolve_options({"data": "shapes"})
+    assert default.readout_residual is None and default.fpn_norm is None  # the recipe leaves them at the paper's form
+    root = generate_shapes(tmp_path / "shapes", num_train=0, num_val=1, img_size=32)
+    dataset = CocoDetection(root / "val", root / "annotations" / "instances_val.json")
+    model = create_detector(options.model, num_classes=3, **options.detector_overrides())
+    save_weights(tmp_path / "w.safetensors", model.state_dict(), detector_metadata(options.model, model.config, dataset))
+    loaded, metadata = load_checkpoint(tmp_path / "w.safetensors")
+    assert metadata["model_config"]["readout_residual"] and metadata["model_config"]["fpn_norm"] == "group"
+    assert loaded.config.readout_residual and loaded.config.fpn_norm == "group"
