@@ -138,6 +138,7 @@ def plot(records: list[dict]) -> bytes:
             paper = ax.twinx()
             paper.plot(xs, [r["paper_top1"] for r in rows], "s", mfc="none", color="C1", label="paper (ImageNet top-1)")
             ax.set_xlabel(f"{unit}, ResNet-50 at 224")
+            ax.ticklabel_format(axis="x", useOffset=False)  # rows 0.01M apart would show as "+1.803e1" offsets
             ax.set_ylabel("ours: top-1 (%)", color="C0")
             paper.set_ylabel("paper: top-1 (%)", color="C1")
             ax.set_title(f"Table {table}")
