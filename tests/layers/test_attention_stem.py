@@ -181,3 +181,20 @@ def test_cpu_kernel_matches_the_chunked_stem(isa, dtype, heads, dim, mixtures, s
         tol = {"atol": 1e-4, "rtol": 1e-3}
     for name, g, w in zip(["pixels", "bilinear", "rel", "mix", "w"], got_grads, want_grads):
         torch.testing.assert_close(g, w, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_compiled_sizes_have_no_modulo():
+    """With dynamic sizes the stem's sizes reach BatchNorm's n/(n-1) factor as a symbolic float, and inductor
+    (torch 2.14) cannot turn a modulo there into a tensor expression: the padding uses ceiling division."""
+    stem = AttentionStem(3, 16, num_heads=2).train()
+    sizes = []
+
+    def backend(gm, example_inputs):
+        values = (node.meta.get("example_value") for node in gm.graph.nodes)
+        sizes.extend(str(size) for value in values if isinstance(value, torch.Tensor) for size in value.shape)
+        return gm
+
+    torch._dynamo.reset()
+    torch.compile(stem, fullgraph=True, dynamic=True, backend=backend)(torch.randn(2, 3, 10, 13))
+    torch._dynamo.reset()
+    assert sizes and not any("Mod" in size for size in sizes)

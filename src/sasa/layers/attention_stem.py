@@ -87,7 +87,7 @@ class AttentionStem(nn.Module):
         half = self.out_channels // 2
         row = F.pad(self.rel_pos.row, (0, half))  # the row embedding lives in channels [0, C/2)
         col = F.pad(self.rel_pos.col, (half, 0))  # the column embedding in [C/2, C)
-        query_pos = torch.arange(pixels.shape[-2], device=pixels.device)[:, None]
+        query_pos = torch.arange(self.block_size**2, device=pixels.device)[:, None]
         logits = []
         for table, offset in ((row, self._row_offset), (col, self._col_offset)):
             per_head = rearrange(table, "o (n d) -> n d o", n=self.num_heads)
@@ -103,16 +103,19 @@ class AttentionStem(nn.Module):
         """
         s, n = self.block_size, self.num_heads
         height, width = x.shape[-2:]
-        pad_h, pad_w = (-height) % s, (-width) % s
+        # ceiling division, not (-height) % s: with dynamic sizes a symbolic modulo reaches BatchNorm's n/(n-1)
+        # factor, which inductor (torch 2.14) cannot turn into a tensor expression (no python_mod in tensorify)
+        blocks_y, blocks_x = (height + s - 1) // s, (width + s - 1) // s
+        pad_h, pad_w = blocks_y * s - height, blocks_x * s - width
         x = F.pad(x, (0, pad_w, 0, pad_h))
-        blocks_y, blocks_x = x.shape[-2] // s, x.shape[-1] // s
         pixels = rearrange(x, "b c (y a) (z e) -> b (y z) (a e) c", a=s, e=s)  # (B, L, s², C_in)
         query_weight = self.query.view(n, self.head_dim, -1) * self.head_dim**-0.5
         bilinear = torch.matmul(query_weight.transpose(1, 2), self.key.view(n, self.head_dim, -1))  # (N, C_in, C_in)
         folded_queries = torch.einsum("blpc,nce->bnlpe", pixels, bilinear)
         logits = torch.matmul(folded_queries, pixels.transpose(-1, -2).unsqueeze(1))
         logits = logits + self._relative_logits(pixels, query_weight)
-        if pad_h or pad_w or always_mask:
+        # compiled with dynamic sizes: always mask, rather than guard (and recompile) on the padding being zero
+        if always_mask or torch.compiler.is_compiling() or pad_h or pad_w:
             valid = F.pad(x.new_ones(1, 1, height, width, dtype=torch.bool), (0, pad_w, 0, pad_h))
             valid = rearrange(valid, "1 1 (y a) (z e) -> (y z) (a e)", a=s, e=s)
             logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
@@ -136,15 +139,16 @@ class AttentionStem(nn.Module):
         """The fused path needs pool windows equal to the attention blocks, no padded pixels, float32/64 without autocast."""
         s, pool = self.block_size, self.pool
         return (
-            isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (s, (s, s)) and pool.stride in (s, (s, s))
+            # torch.compile cannot trace _StemPeaks' backward (autograd.grad); the plain path compiles. Checked
+            # first: the size tests below would add guards (recompiles) on the image size
+            not torch.compiler.is_compiling()
+            and isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (s, (s, s)) and pool.stride in (s, (s, s))
             and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
             and type(self.bn) is nn.BatchNorm2d and self.bn.affine and type(self.relu) is nn.ReLU
             and x.numel() > 0 and x.shape[-2] % s == 0 and x.shape[-1] % s == 0
             and x.dtype in (torch.float32, torch.float64) and x.device.type != "meta"  # profiling: shapes only
             and not torch.is_autocast_enabled(x.device.type)
             and self.value_conv is None  # conv values are not a per-pixel linear map of x
-            # torch.compile cannot trace _StemPeaks' backward (autograd.grad); the plain path compiles
-            and not torch.compiler.is_compiling()
         )
 
     def _attend_bn_relu_pool(self, x: torch.Tensor) -> torch.Tensor:
