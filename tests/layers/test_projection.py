@@ -48,3 +48,14 @@ def test_other_convs_and_dtypes_take_the_plain_conv():
     conv = nn.Conv2d(4, 8, 1).double()
     out = project(conv, x.double().requires_grad_())
     assert "Convolution" in type(out.grad_fn).__name__
+
+
+def test_forward_hooks_on_the_conv_still_fire():
+    """The oneDNN path bypasses conv.forward; a hooked conv (FLOP counting, users' hooks) takes the plain one."""
+    conv = nn.Conv2d(8, 24, 1, bias=False)
+    x = torch.randn(2, 8, 5, 5)
+    seen = []
+    handle = conv.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    torch.testing.assert_close(project(conv, x), conv(x))
+    handle.remove()
+    assert seen == [torch.Size([2, 24, 5, 5])] * 2

@@ -48,9 +48,18 @@ class _OneDnnProjection(torch.autograd.Function):
         return grad_x, grad_w
 
 
+def _has_hooks(conv: nn.Conv2d) -> bool:
+    from torch.nn.modules import module as module_globals
+
+    return bool(conv._forward_hooks or conv._forward_pre_hooks
+                or module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks)
+
+
 def _applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     # first: dynamo refuses to trace torch.backends.mkldnn.is_available (a graph break under fullgraph=True)
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return False
+    if _has_hooks(conv):  # the fast path bypasses conv.forward: hooks (FLOP counting, users' own) must still fire
         return False
     return (
         x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
