@@ -32,21 +32,11 @@ def zero_padded_attention(q, k, v, kernel_size, rel_pos):
 CASES = [(2, 2, 5, 7, 4, 6, 3, "head"), (1, 1, 1, 1, 3, 2, 5, "shared"), (1, 2, 9, 4, 8, 8, 7, None)]
 
 
-def _inputs(case, dtype):
-    b, n, h, w, d, dv, ks, mode = case
-    g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(b, n, h, w, d, generator=g, dtype=dtype) for _ in range(2))
-    v = torch.randn(b, n, h, w, dv, generator=g, dtype=dtype)
-    rel = {"head": torch.randn(n, ks, ks, d, generator=g, dtype=dtype),
-           "shared": torch.randn(ks, ks, d, generator=g, dtype=dtype), None: None}[mode]
-    return [t.requires_grad_() if t is not None else None for t in (q, k, v, rel)], ks
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("backend", SF.available_backends())
-def test_zeros_padding_equals_zero_padded_computation(backend, case, dtype):
-    (q, k, v, rel), ks = _inputs(case, dtype)
+def test_zeros_padding_equals_zero_padded_computation(backend, case, dtype, attention_inputs):
+    (q, k, v, rel), ks = attention_inputs(case, dtype)
     tol = dict(atol=1e-10, rtol=1e-9) if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)
     out = SF.local_attention2d(q, k, v, kernel_size=ks, rel_pos=rel, backend=backend, padding="zeros")
     expected = zero_padded_attention(q, k, v, ks, rel)
@@ -59,8 +49,8 @@ def test_zeros_padding_equals_zero_padded_computation(backend, case, dtype):
         torch.testing.assert_close(a, b, **tol)
 
 
-def test_zeros_padding_differs_from_masking_at_borders_only():
-    (q, k, v, rel), ks = _inputs((1, 2, 9, 9, 4, 4, 3, "head"), torch.float64)
+def test_zeros_padding_differs_from_masking_at_borders_only(attention_inputs):
+    (q, k, v, rel), ks = attention_inputs((1, 2, 9, 9, 4, 4, 3, "head"), torch.float64)
     masked = SF.local_attention2d(q, k, v, kernel_size=ks, rel_pos=rel)
     zeros = SF.local_attention2d(q, k, v, kernel_size=ks, rel_pos=rel, padding="zeros")
     torch.testing.assert_close(masked[:, :, 1:-1, 1:-1], zeros[:, :, 1:-1, 1:-1])
@@ -68,8 +58,8 @@ def test_zeros_padding_differs_from_masking_at_borders_only():
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
-def test_packed_entry_zeros_padding(backend):
-    (q, k, v, rel), ks = _inputs((2, 2, 6, 5, 4, 4, 5, "head"), torch.float64)
+def test_packed_entry_zeros_padding(backend, attention_inputs):
+    (q, k, v, rel), ks = attention_inputs((2, 2, 6, 5, 4, 4, 5, "head"), torch.float64)
     scale = 0.5
     qkv = torch.cat([rearrange(t, "b n h w d -> b (n d) h w") for t in (q, k, v)], dim=1).detach().requires_grad_()
     out = SF.local_attention2d_packed(qkv, num_heads=2, kernel_size=ks, rel_pos=rel, scale=scale,
@@ -81,7 +71,7 @@ def test_packed_entry_zeros_padding(backend):
     torch.testing.assert_close(torch.autograd.grad(out, qkv, grad)[0], torch.autograd.grad(expected, qkv, grad)[0])
 
 
-def test_bad_padding_is_named():
-    (q, k, v, rel), ks = _inputs(CASES[0], torch.float32)
+def test_bad_padding_is_named(attention_inputs):
+    (q, k, v, rel), ks = attention_inputs(CASES[0], torch.float32)
     with pytest.raises(ValueError, match="padding must be one of .*'reflect'"):
         SF.local_attention2d(q, k, v, kernel_size=ks, padding="reflect")

@@ -12,21 +12,11 @@ CASES = [(2, 2, 5, 7, 4, 6, 3, "head"), (1, 1, 1, 1, 3, 2, 5, "shared"), (1, 2, 
          (3, 1, 3, 2, 2, 3, 9, "head")]
 
 
-def _inputs(case, dtype):
-    b, n, h, w, d, dv, ks, mode = case
-    g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(b, n, h, w, d, generator=g, dtype=dtype) for _ in range(2))
-    v = torch.randn(b, n, h, w, dv, generator=g, dtype=dtype)
-    rel = {"head": torch.randn(n, ks, ks, d, generator=g, dtype=dtype),
-           "shared": torch.randn(ks, ks, d, generator=g, dtype=dtype), None: None}[mode]
-    return [t.requires_grad_() if t is not None else None for t in (q, k, v, rel)], ks
-
-
 @pytest.mark.parametrize("padding", ["mask", "zeros"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_shifts_equal_reference(case, dtype, padding):
-    (q, k, v, rel), ks = _inputs(case, dtype)
+def test_shifts_equal_reference(case, dtype, padding, attention_inputs):
+    (q, k, v, rel), ks = attention_inputs(case, dtype)
     tol = dict(atol=1e-10, rtol=1e-9) if dtype == torch.float64 else dict(atol=1e-5, rtol=1e-5)
     got = local_attention2d_shifts(q, k, v, kernel_size=ks, rel_pos=rel, padding=padding)
     want = SF.local_attention2d(q, k, v, kernel_size=ks, rel_pos=rel, backend="reference", padding=padding)
@@ -39,8 +29,8 @@ def test_shifts_equal_reference(case, dtype, padding):
         torch.testing.assert_close(a, b, **tol)
 
 
-def test_shifts_half_computed_in_float32():
-    (q, k, v, rel), ks = _inputs(CASES[0], torch.float32)
+def test_shifts_half_computed_in_float32(attention_inputs):
+    (q, k, v, rel), ks = attention_inputs(CASES[0], torch.float32)
     half = [t.detach().bfloat16() for t in (q, k, v, rel)]
     got = local_attention2d_shifts(*half[:3], kernel_size=ks, rel_pos=half[3])
     want = SF.local_attention2d_reference(*half[:3], kernel_size=ks, rel_pos=half[3])
@@ -48,8 +38,8 @@ def test_shifts_half_computed_in_float32():
     torch.testing.assert_close(got, want)
 
 
-def test_shifts_check_arguments():
-    (q, k, v, rel), _ = _inputs(CASES[0], torch.float32)
+def test_shifts_check_arguments(attention_inputs):
+    (q, k, v, rel), _ = attention_inputs(CASES[0], torch.float32)
     with pytest.raises(ValueError, match="kernel_size"):
         local_attention2d_shifts(q, k, v, kernel_size=4)
     with pytest.raises(ValueError, match="padding"):
