@@ -151,6 +151,37 @@ def test_attention_head_residual_option():
 
 
 
+def test_head_content_and_neighbour_init_change_the_head_attention_only():
+    """head_content=False: q·r logits in the FPN/head attention; head_init="neighbours": per-head row/column
+    embeddings, a q bias, head n pointed at the n-th 3×3 neighbour. The backbone keeps the paper's layer."""
+    from sasa.detection.model import NEIGHBOURS
+
+    paper = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, **TINY)
+    changed = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3, head_content=False,
+                              head_init="neighbours", **TINY)
+    head_layers = [m for part in (changed.head, changed.backbone.fpn) for m in part.modules()
+                   if isinstance(m, LocalSelfAttention2d)]
+    assert len(head_layers) == 3 + 2 + 2 * 5  # FPN outputs, P6/P7, 4 + 1 per subnet
+    for layer in head_layers:
+        assert not layer.content and layer.rel_pos.per_head and layer.qkv.bias is not None
+        d, radius = layer.head_dim, layer.kernel_size // 2
+        for head, (dy, dx) in enumerate(NEIGHBOURS[: layer.num_heads]):
+            row = layer.rel_pos.row[:, head * d // 2]
+            assert row.argmax() == radius + dy and torch.count_nonzero(row) == 1
+    for layer in (m for m in changed.backbone.body.modules() if isinstance(m, LocalSelfAttention2d)):
+        assert layer.content and not layer.rel_pos.per_head and layer.qkv.bias is None
+    assert all(m.content for m in paper.modules() if isinstance(m, LocalSelfAttention2d))
+    images, targets = _batch()
+    sum(changed(images, targets).values()).backward()
+    assert all(p.grad is not None for p in changed.parameters())
+    conv = create_detector("retinanet_resnet26", num_classes=3, head_content=False, head_init="neighbours", **TINY)
+    assert not any(isinstance(m, LocalSelfAttention2d) for m in conv.modules())  # conv heads: nothing to change
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        resolve_detector_config("retinanet_sa_resnet26_attnhead", head_init="conv")
+    with pytest.raises(TypeError, match="head_content must be a bool"):
+        resolve_detector_config("retinanet_sa_resnet26_attnhead", head_content="no")
+
+
 @pytest.mark.parametrize("name", ["retinanet_resnet26", "retinanet_sa_resnet26_attnhead"])
 def test_fpn_norm_option(name):
     """fpn_norm="group" puts GroupNorm after every FPN lateral, output and P6/P7 layer; default: none (the paper's)."""

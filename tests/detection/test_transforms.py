@@ -88,7 +88,8 @@ def test_shapes_recipe_trains_attention_heads_with_the_identity_path():
 
 
 def test_head_options_from_flags_to_checkpoint(tmp_path):
-    """--readout-residual and --fpn-norm reach the detector, its checkpoint metadata and load_checkpoint."""
+    """--readout-residual, --fpn-norm, --no-head-content and --head-init reach the detector, its checkpoint
+    metadata and load_checkpoint (which must rebuild the q biases of the neighbour init to load the weights)."""
     from sasa.cli.main import build_parser
     from sasa.detection.checkpoint import detector_metadata, load_checkpoint
     from sasa.detection.data import CocoDetection
@@ -96,10 +97,13 @@ def test_head_options_from_flags_to_checkpoint(tmp_path):
     from sasa.detection.shapes import generate_shapes
     from sasa.engine import save_weights
 
-    args = build_parser().parse_args(["detect-train", "--out", "r", "--readout-residual", "--fpn-norm", "group"])
+    args = build_parser().parse_args(["detect-train", "--out", "r", "--readout-residual", "--fpn-norm", "group",
+                                      "--no-head-content", "--head-init", "neighbours"])
     assert args.readout_residual is True and args.fpn_norm == "group"
+    assert args.head_content is False and args.head_init == "neighbours"
     options = resolve_options({"data": "shapes", "model": "retinanet_sa_resnet26_attnhead", "readout_residual": True,
-                               "fpn_norm": "group", "img_size": 32, "fpn_channels": 32, "anchor_size": 8})
+                               "fpn_norm": "group", "head_content": False, "head_init": "neighbours",
+                               "img_size": 32, "fpn_channels": 32, "anchor_size": 8})
     default = resolve_options({"data": "shapes"})
     assert default.readout_residual is None and default.fpn_norm is None  # the recipe leaves them at the paper's form
     root = generate_shapes(tmp_path / "shapes", num_train=0, num_val=1, img_size=32)
@@ -109,3 +113,6 @@ def test_head_options_from_flags_to_checkpoint(tmp_path):
     loaded, metadata = load_checkpoint(tmp_path / "w.safetensors")
     assert metadata["model_config"]["readout_residual"] and metadata["model_config"]["fpn_norm"] == "group"
     assert loaded.config.readout_residual and loaded.config.fpn_norm == "group"
+    assert not loaded.config.head_content and loaded.config.head_init == "neighbours"
+    for got, want in zip(loaded.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(got, want)

@@ -42,6 +42,56 @@ def test_relative_embedding_is_row_then_column_concatenation():
     torch.testing.assert_close(per_head[1], table[..., 4:])
 
 
+def test_relative_embedding_per_head_gives_each_head_rows_and_columns():
+    """per_head: head n's embedding of (Δa, Δc) is cat(row[Δa], col[Δc]) over its own D/2-channel slices."""
+    emb = RelativePositionEmbedding2d(16, 3, per_head=True)
+    table = emb(num_heads=2)  # (2, k, k, 8): each head takes 4 row and 4 column channels
+    for head in range(2):
+        for a in range(3):
+            for c in range(3):
+                torch.testing.assert_close(table[head, a, c],
+                                           torch.cat([emb.row[a, 4 * head:4 * head + 4], emb.col[c, 4 * head:4 * head + 4]]))
+    sliced = RelativePositionEmbedding2d(16, 3)
+    sliced.load_state_dict(emb.state_dict())  # the same parameters, laid out differently
+    assert torch.equal(sliced(num_heads=1), emb(num_heads=1)) and not torch.equal(sliced(num_heads=2), table)
+
+
+def test_rel_pos_per_head_layer_uses_the_per_head_table():
+    torch.manual_seed(0)
+    layer = LocalSelfAttention2d(6, 16, kernel_size=3, num_heads=2, rel_pos_per_head=True).double()
+    assert layer.rel_pos.per_head and "rel_pos_per_head=True" in repr(layer)
+    x = torch.randn(1, 6, 5, 4, dtype=torch.float64)
+    q, k, v, rel = layer.attention_inputs(x)
+    torch.testing.assert_close(rel, layer.rel_pos(2))
+    out = local_attention2d(q, k, v, kernel_size=3, rel_pos=rel, backend="reference")
+    torch.testing.assert_close(layer(x), out.permute(0, 1, 4, 2, 3).reshape(1, 16, 5, 4))
+    with pytest.raises(ValueError, match="rel_pos_per_head needs an even head width"):
+        LocalSelfAttention2d(6, 6, num_heads=2, rel_pos_per_head=True)
+
+
+def test_point_heads_at_starts_each_head_on_its_offset():
+    """With W_Q zero only the bias speaks: head n's logits q·r peak on offsets[n], `logit` above the offsets
+    sharing no coordinate with it and logit/2 above those sharing one."""
+    torch.manual_seed(0)
+    offsets = [(-1, 0), (1, 1)]
+    layer = LocalSelfAttention2d(4, 16, kernel_size=5, num_heads=2, content=False, qkv_bias=True, rel_pos_per_head=True)
+    layer.point_heads_at_(offsets, logit=8.0)
+    with torch.no_grad():
+        layer.qkv.weight[:16].zero_()  # q = its bias
+        q, k, v, rel = layer.attention_inputs(torch.randn(1, 4, 7, 7))
+    assert not k.any()  # content=False: the logit is q·r alone
+    centre = torch.einsum("nd,nxyd->nxy", q[0, :, 3, 3], rel)  # (N, k, k) logits of one pixel
+    for head, (dy, dx) in enumerate(offsets):
+        logits = centre[head]
+        assert logits.flatten().argmax() == (2 + dy) * 5 + (2 + dx)
+        torch.testing.assert_close(logits[2 + dy, 2 + dx] - logits[2 + dy, (2 + dx + 2) % 5], torch.tensor(4.0))
+        torch.testing.assert_close(logits[2 + dy, 2 + dx] - logits[(2 + dy + 2) % 5, (2 + dx + 2) % 5], torch.tensor(8.0))
+    with pytest.raises(ValueError, match="needs qkv_bias=True"):
+        LocalSelfAttention2d(4, 16, num_heads=2).point_heads_at_(offsets)
+    with pytest.raises(ValueError, match=r"offset \(3, 0\) lies outside the 5x5 window"):
+        layer.point_heads_at_([(3, 0)])
+
+
 def test_positional_variants():
     x = torch.randn(2, 8, 6, 6)
     for options in ({"positional": "none"}, {"positional": "absolute"}, {"content": False}):
@@ -78,6 +128,7 @@ def test_content_false_has_no_key_projection():
         (dict(backend="fast"), ValueError, "backend must be 'auto' or one of .*got 'fast'"),
         (dict(content=1), TypeError, "content must be a bool, got 1"),
         (dict(positional="none", content=False), ValueError, "content=False leaves only the q·r logit"),
+        (dict(rel_pos_per_head="yes"), TypeError, "rel_pos_per_head must be a bool, got 'yes'"),
     ],
 )
 def test_bad_options(kwargs, error, match):
@@ -87,7 +138,8 @@ def test_bad_options(kwargs, error, match):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("options", [{}, {"positional": "none"}, {"content": False}, {"positional": "absolute"}])
+@pytest.mark.parametrize("options", [{}, {"positional": "none"}, {"content": False}, {"positional": "absolute"},
+                                     {"rel_pos_per_head": True, "qkv_bias": True}])
 def test_layer_fast_path_matches_reference_backend(dtype, options):
     """The layout-native kernel call (backend auto) gives the values and gradients of the reference backend."""
     import copy

@@ -17,6 +17,7 @@ from sasa.models import list_models
 from sasa.registry import unknown_name_error
 
 HEAD_NORMS = ("group", "none")
+HEAD_INITS = ("paper", "neighbours")
 FPN_NORMS = ("none", "group")
 
 
@@ -45,6 +46,13 @@ class DetectorConfig:
     # head != "conv" only, not the paper's form: the read-out's attention adds its input too, mix(x + attn(x)),
     # so each anchor's logits/deltas see its own position's features, not only a softmax average of its window
     readout_residual: bool = False
+    # local-attention heads only, not the paper's form: False drops q·k from the FPN/head attention logits,
+    # leaving q·r (the paper's Table 6 "qr" row, there for the backbone); the backbone keeps `attention`
+    head_content: bool = True
+    # local-attention heads only: "neighbours" gives each FPN/head attention layer per-head row/column
+    # embeddings and a q bias, and starts head n attending to the n-th of the 8 neighbours of a 3×3 window
+    # (LocalSelfAttention2d.point_heads_at_: a conv-like start); "paper": the layer's own init
+    head_init: str = "paper"
     head_norm: str = "group"  # GroupNorm(32) after each head conv (torchvision's RetinaNet v2); "none": v1
     # "group": GroupNorm after each FPN lateral, output and P6/P7 layer (torchvision's FPN norm_layer), so the
     # heads see unit-scale features; not in the paper nor in RetinaNet v1/v2, hence "none" by default
@@ -73,6 +81,8 @@ class DetectorConfig:
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
             object.__setattr__(self, name, value)
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         if self.head_norm not in HEAD_NORMS:
             raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {self.head_norm!r}")
         if self.fpn_norm not in FPN_NORMS:
@@ -88,7 +98,7 @@ class DetectorConfig:
         for name in ("score_thresh", "nms_thresh"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("head_residual", "readout_residual"):
+        for name in ("head_residual", "readout_residual", "head_content"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 

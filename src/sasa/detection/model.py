@@ -21,6 +21,12 @@ N(0, 0.01²) with the bias of the conv it replaces, so the class prior bias −l
 The FPN's attention keeps the fan-in init throughout. The 1×1 lateral convs stay (not spatial).
 Another registered mixer as ``head`` takes the same places with its own init.
 
+Two more named options change the head attention alone (the backbone keeps ``attention``), for local
+attention heads: ``head_content=False`` drops q·k (logits q·r, Table 6's "qr" form), and
+``head_init="neighbours"`` gives every FPN/head attention layer per-head row/column embeddings and a q
+bias, and starts head n attending to the n-th neighbour of a 3×3 window (a conv-like start,
+:meth:`LocalSelfAttention2d.point_heads_at_`).
+
 ``head_residual=True`` (a named option, off by default) wraps the FPN output and the 4+4 subnet
 attention layers as ``x + attn(x)`` (:class:`ResidualAttention`; no parameters, no counted FLOPs);
 ``readout_residual=True`` does the same for the read-outs' attention (``mix(x + attn(x))``), and
@@ -45,7 +51,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from sasa.detection.config import DETECTOR_CONFIGS, DetectorConfig, norm_groups
 from sasa.detection.resize import ClampedResizeTransform
 from sasa.engine.io import load_weights
-from sasa.layers import LocalSelfAttention2d, create_spatial_mixer
+from sasa.layers import AttentionConfig, LocalSelfAttention2d, create_spatial_mixer
 from sasa.models import create_model
 from sasa.models.registry import resolve_config
 from sasa.profile import count_flops, count_params
@@ -130,13 +136,30 @@ class AttentionReadout(nn.Module):
 
 # torchvision's init of the head convs (RetinaNet): N(0, 0.01²), applied to the subnets' W_V
 HEAD_INIT_STD = 0.01
+# head_init="neighbours": head n starts on the n-th of these window offsets (dy, dx), the 3×3 ring
+NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def head_attention_config(config: DetectorConfig):
+    """The options of the FPN/head mixers: ``config.attention`` with the head-only changes applied."""
+    if not isinstance(config.attention, AttentionConfig):
+        return config.attention
+    changes = {}
+    if not config.head_content:
+        changes["content"] = False
+    if config.head_init == "neighbours":
+        changes.update(rel_pos_per_head=True, qkv_bias=True)
+    return dataclasses.replace(config.attention, **changes)
 
 
 def _head_mixer(in_channels: int, config: DetectorConfig, *, stride: int = 1,
                 value_std: float | None = None) -> nn.Module:
     """The ``config.head`` mixer in_channels → fpn_channels; given ``value_std``, a local attention's
     W_V is drawn from N(0, value_std²) (W_Q, W_K keep the layer's fan-in init)."""
-    layer = create_spatial_mixer(config.head, in_channels, config.fpn_channels, stride=stride, config=config.attention)
+    layer = create_spatial_mixer(config.head, in_channels, config.fpn_channels, stride=stride,
+                                 config=head_attention_config(config))
+    if isinstance(layer, LocalSelfAttention2d) and config.head_init == "neighbours":
+        layer.point_heads_at_(NEIGHBOURS)
     if isinstance(layer, LocalSelfAttention2d) and value_std is not None:
         with torch.no_grad():  # qkv's output channels are [q | k | v]
             layer.qkv.weight[2 * layer.out_channels :].normal_(0.0, value_std)

@@ -13,7 +13,7 @@ from sasa.errors import UserError
 
 COCO_PATHS = ("images", "ann", "val_images", "val_ann")
 SHAPES_FIELDS = ("shapes_train", "shapes_val", "shapes_seed")
-DETECTOR_FIELDS = ("backbone", "head", "head_residual", "readout_residual", "fpn_norm", "kernel_size", "num_heads", "backend",
+DETECTOR_FIELDS = ("backbone", "head", "head_residual", "readout_residual", "head_content", "head_init", "fpn_norm", "kernel_size", "num_heads", "backend",
                    "fpn_channels", "anchor_size")
 
 
@@ -37,6 +37,11 @@ class DetectionOptions(TrainConfig):
                                         "form; --no-head-residual: the paper's plain form)")
     readout_residual: bool | None = option(None, "--head attention: the class/box read-outs mix x + attn(x) (not the "
                                            "paper's form; --no-readout-residual: the paper's)")
+    head_content: bool | None = option(None, "--head attention: --no-head-content drops q·k from the FPN/head "
+                                        "attention logits, leaving q·r (not the paper's detector)")
+    head_init: str | None = option(None, "--head attention: neighbours starts head n of each FPN/head attention "
+                                   "attending to the n-th neighbour of a 3x3 window (not the paper's); paper",
+                                   choices=("paper", "neighbours"))
     fpn_norm: str | None = option(None, "GroupNorm after each FPN layer (group; not the paper's form) or none",
                                   choices=("none", "group"))
     kernel_size: int | None = option(None, "attention window of backbone and heads", check=POSITIVE)

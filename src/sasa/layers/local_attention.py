@@ -39,6 +39,9 @@ class AttentionConfig:
     # batch norm on the q/k/v projection before the op (as Axial-DeepLab's port, "BN in attention"); not in the
     # SASA paper, so off by default. The port's logit BN is not offered: the fused kernels never materialise logits.
     qkv_norm: bool = False
+    # every head gets a row and a column half of its own (RelativePositionEmbedding2d per_head); the SPEC's
+    # reading (False) slices the concatenated [row | col] table, so each head sees one axis when num_heads ≥ 2
+    rel_pos_per_head: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kernel_size", check_kernel_size(self.kernel_size))
@@ -48,7 +51,7 @@ class AttentionConfig:
         object.__setattr__(self, "num_heads", heads)
         if self.positional not in POSITIONAL_CHOICES:
             raise ValueError(f"positional must be one of {POSITIONAL_CHOICES}, got {self.positional!r}")
-        for name in ("content", "qkv_bias", "qkv_norm"):
+        for name in ("content", "qkv_bias", "qkv_norm", "rel_pos_per_head"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not self.content and self.positional != "relative":
@@ -64,6 +67,9 @@ class AttentionConfig:
             raise ValueError(f"out_channels ({channels}) must be divisible by num_heads ({self.num_heads})")
         if channels % 2:
             raise ValueError(f"out_channels must be even (row and column embeddings take half each), got {channels}")
+        if self.rel_pos_per_head and (channels // self.num_heads) % 2:
+            raise ValueError(f"rel_pos_per_head needs an even head width (row and column halves), got "
+                             f"{channels} channels / {self.num_heads} heads")
         if self.positional == "absolute" and channels % 4:
             raise ValueError(f"positional='absolute' needs out_channels divisible by 4 (sin/cos of rows and columns), got {channels}")
 
@@ -89,11 +95,13 @@ class LocalSelfAttention2d(nn.Module):
         backend: str = "auto",
         padding: str = "mask",
         qkv_norm: bool = False,
+        rel_pos_per_head: bool = False,
     ) -> None:
         super().__init__()
         config = AttentionConfig(
             kernel_size=kernel_size, num_heads=num_heads, positional=positional, content=content,
             qkv_bias=qkv_bias, backend=backend, padding=padding, qkv_norm=qkv_norm,
+            rel_pos_per_head=rel_pos_per_head,
         )
         config.check_channels(out_channels)
         if stride not in (1, 2):
@@ -107,7 +115,8 @@ class LocalSelfAttention2d(nn.Module):
         self.qkv = nn.Conv2d(in_channels, (3 if content else 2) * out_channels, 1, bias=qkv_bias)
         # per-channel BN of [q | k | v]: zero-mean, unit-scale q and k fix the logit scale whatever the input's
         self.qkv_norm = nn.BatchNorm2d(self.qkv.out_channels) if qkv_norm else None
-        self.rel_pos = RelativePositionEmbedding2d(out_channels, config.kernel_size) if positional == "relative" else None
+        self.rel_pos = (RelativePositionEmbedding2d(out_channels, config.kernel_size, per_head=rel_pos_per_head)
+                        if positional == "relative" else None)
         self.reset_parameters()
 
     @classmethod
@@ -124,6 +133,34 @@ class LocalSelfAttention2d(nn.Module):
             self.rel_pos.reset_parameters()
         if self.qkv_norm is not None:
             self.qkv_norm.reset_parameters()
+
+    def point_heads_at_(self, offsets: list[tuple[int, int]], *, logit: float = 10.0, bias: float = 2.0) -> None:
+        """In place: head n's positional logit starts peaked on window offset ``offsets[n % len(offsets)]``.
+
+        A conv-like start (Cordonnier et al., 2020: N heads attending to N fixed offsets act as a conv):
+        q's bias is ``bias`` on the first row and first column channel of each head, and those two
+        channels of the head's row/column embeddings are ``s`` at the chosen offset and 0 elsewhere, so
+        the bias alone adds ``logit`` (after the 1/√D scaling) at that offset, ``logit/2`` where one
+        coordinate matches, 0 elsewhere; W_Q x still adds content-dependent q·r terms. Needs
+        ``qkv_bias=True`` and ``rel_pos_per_head=True`` (a 2-D offset per head).
+        """
+        if self.qkv.bias is None or self.rel_pos is None or not self.rel_pos.per_head:
+            raise ValueError("point_heads_at_ needs qkv_bias=True, positional='relative' and rel_pos_per_head=True")
+        radius = self.kernel_size // 2
+        for dy, dx in offsets:
+            if max(abs(dy), abs(dx)) > radius:
+                raise ValueError(f"offset ({dy}, {dx}) lies outside the {self.kernel_size}x{self.kernel_size} window")
+        d = self.head_dim
+        strength = logit * d**0.5 / (2 * bias)  # (bias·s + bias·s)/√D = logit
+        with torch.no_grad():
+            for head in range(self.num_heads):
+                dy, dx = offsets[head % len(offsets)]
+                channel = head * d // 2  # this head's first channel in the row table and in the column table
+                self.qkv.bias[head * d] = bias  # q's channel paired with the row half, then with the column half
+                self.qkv.bias[head * d + d // 2] = bias
+                for table, offset in ((self.rel_pos.row, dy), (self.rel_pos.col, dx)):
+                    table[:, channel] = 0.0
+                    table[radius + offset, channel] = strength
 
     def packed_projection(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> qkv (B, 3·C_out, H, W): [q | k | v] as the op takes them (q not yet scaled)."""
@@ -171,4 +208,5 @@ class LocalSelfAttention2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, num_heads={self.num_heads}, "
             f"stride={self.stride}, positional={self.positional!r}, content={self.content}"
             + (", qkv_norm=True" if self.qkv_norm is not None else "")
+            + (", rel_pos_per_head=True" if self.config.rel_pos_per_head else "")
         )
