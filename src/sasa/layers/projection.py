@@ -7,6 +7,11 @@ the input gradient as oneDNN 1×1 convolutions and the weight gradient as GEMMs 
 (no (B, O, C) temporary). Eager mode only (not while compiling, tracing or exporting), float32 CPU tensors;
 anything else is the conv itself. Speed: ``benchmarks/bench_models.py`` (the conv baseline's own 1×1 convs
 keep PyTorch's choice).
+
+Under ``torch.compile``, :func:`conv1x1` runs a 1×1 conv as a matmul: inductor (torch 2.14, CPU) specializes a
+compiled train graph with dynamic sizes to the first image size at every convolution (its conv-backward lowering
+turns the symbolic strides into ints; its CPU channels-last layout makes AOTAutograd restride the saved
+activations with concrete strides), and a matmul has neither.
 """
 from __future__ import annotations
 
@@ -71,10 +76,27 @@ def _applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     )
 
 
-def project(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a 1×1 conv; through oneDNN on float32 CPU tensors in eager mode."""
-    if not _applies(conv, x):
+def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1×1 conv (B, C, H, W) -> (B, O, H', W'); while compiling, as a matmul (module docstring)."""
+    if not torch.compiler.is_compiling() or _has_hooks(conv) or not _is_plain_1x1(conv):
         return conv(x)
+    if conv.stride != (1, 1):
+        x = x[:, :, :: conv.stride[0], :: conv.stride[1]]
+    batch, channels, height, width = x.shape
+    out = torch.matmul(conv.weight.view(conv.out_channels, channels), x.reshape(batch, channels, height * width))
+    out = out.view(batch, conv.out_channels, height, width)
+    return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
+
+
+def _is_plain_1x1(conv: nn.Conv2d) -> bool:
+    return (conv.kernel_size == (1, 1) and conv.padding in ((0, 0), "valid") and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def project(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1×1 conv; through oneDNN on float32 CPU tensors in eager mode, a matmul while compiling."""
+    if not _applies(conv, x):
+        return conv1x1(conv, x)
     x = x.contiguous()
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in conv.parameters()))
     if not needs_grad:

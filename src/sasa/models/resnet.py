@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sasa.layers import AttentionStem, create_spatial_mixer
+from sasa.layers.projection import conv1x1
 from sasa.models.config import ResNetConfig
 
 
@@ -47,10 +48,11 @@ class Bottleneck(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        # conv1x1: the 1×1 convs as matmuls under torch.compile (dynamic sizes; sasa.layers.projection)
+        identity = x if self.downsample is None else self.downsample[1](conv1x1(self.downsample[0], x))
+        out = self.relu(self.bn1(conv1x1(self.conv1, x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.bn3(conv1x1(self.conv3, out))
         return self.relu(out + identity)
 
 
