@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sasa.detection import create_detector
+from sasa.detection import create_detector, resolve_detector_config
 from sasa.detection.transforms import ScaleJitterDataset, scale_jitter, skip_train_resize_
 
 
@@ -85,6 +85,27 @@ def test_shapes_recipe_trains_attention_heads_with_the_identity_path():
     detector = create_detector("retinanet_sa_resnet26_attnhead", num_classes=3,
                                **resolve_options({"data": "shapes"}).detector_overrides())
     assert detector.config.head_residual
+
+
+def test_shapes_recipe_changes_for_attention_heads():
+    """On shapes, detectors with attention FPN/heads take ATTENTION_HEAD_RECIPES; conv heads, the coco recipe
+    and given values are untouched."""
+    from sasa.detection.options import ATTENTION_HEAD_RECIPES, resolve_options
+
+    changes = ATTENTION_HEAD_RECIPES["shapes"]
+    conv = resolve_options({"data": "shapes"})
+    for given in ({"model": "retinanet_sa_resnet26_attnhead"}, {"model": "retinanet_sa_resnet26", "head": "attention"}):
+        options = resolve_options({"data": "shapes", **given})
+        assert {key: getattr(options, key) for key in changes} == changes
+        assert options.head_residual and options.batch_size == conv.batch_size
+        detector = resolve_detector_config(options.model, **options.detector_overrides())
+        assert not detector.head_content and detector.head_init == "neighbours"
+    assert conv.head_init is None and conv.lr == 1e-3 and conv.epochs == 12
+    mine = resolve_options({"data": "shapes", "model": "retinanet_sa_resnet26_attnhead", "lr": 1e-3, "head_init": "paper"})
+    assert mine.lr == 1e-3 and mine.head_init == "paper" and mine.epochs == changes["epochs"]
+    paths = {"images": "i", "ann": "a.json", "val_images": "v", "val_ann": "v.json"}
+    coco = resolve_options({"data": "coco", **paths})
+    assert coco.model == "retinanet_sa_resnet50_attnhead" and coco.head_init is None and coco.lr == 0.12
 
 
 def test_head_options_from_flags_to_checkpoint(tmp_path):
