@@ -180,6 +180,10 @@ def test_head_content_and_neighbour_init_change_the_head_attention_only():
         resolve_detector_config("retinanet_sa_resnet26_attnhead", head_init="conv")
     with pytest.raises(TypeError, match="head_content must be a bool"):
         resolve_detector_config("retinanet_sa_resnet26_attnhead", head_content="no")
+    with pytest.raises(ValueError, match="need positional='relative', got 'none'"):
+        resolve_detector_config("retinanet_sa_resnet26_attnhead", head_content=False, attention={"positional": "none"})
+    with pytest.raises(ValueError, match="needs qkv_norm=False"):
+        resolve_detector_config("retinanet_sa_resnet26_attnhead", head_init="neighbours", attention={"qkv_norm": True})
 
 
 @pytest.mark.parametrize("name", ["retinanet_resnet26", "retinanet_sa_resnet26_attnhead"])

@@ -88,6 +88,8 @@ def test_point_heads_at_starts_each_head_on_its_offset():
         torch.testing.assert_close(logits[2 + dy, 2 + dx] - logits[(2 + dy + 2) % 5, (2 + dx + 2) % 5], torch.tensor(8.0))
     with pytest.raises(ValueError, match="needs qkv_bias=True"):
         LocalSelfAttention2d(4, 16, num_heads=2).point_heads_at_(offsets)
+    with pytest.raises(ValueError, match="qkv_norm=False"):
+        LocalSelfAttention2d(4, 16, num_heads=2, qkv_bias=True, rel_pos_per_head=True, qkv_norm=True).point_heads_at_(offsets)
     with pytest.raises(ValueError, match=r"offset \(3, 0\) lies outside the 5x5 window"):
         layer.point_heads_at_([(3, 0)])
 

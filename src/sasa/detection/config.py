@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sasa.functional._checks import check_integer
-from sasa.layers import SPATIAL_MIXERS, get_spatial_mixer
+from sasa.layers import SPATIAL_MIXERS, AttentionConfig, get_spatial_mixer
 from sasa.layers.spatial import resolve_mixer_options
 from sasa.models import list_models
 from sasa.registry import unknown_name_error
@@ -83,6 +83,12 @@ class DetectorConfig:
             object.__setattr__(self, name, value)
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+        if self.head != "conv" and isinstance(attention, AttentionConfig) and attention.positional != "relative":
+            if not self.head_content or self.head_init == "neighbours":
+                raise ValueError(f"head_content=False and head_init='neighbours' need positional='relative', "
+                                 f"got {attention.positional!r}")
+        if self.head != "conv" and isinstance(attention, AttentionConfig) and self.head_init == "neighbours" and attention.qkv_norm:
+            raise ValueError("head_init='neighbours' needs qkv_norm=False (its batch norm would subtract the q bias)")
         if self.head_norm not in HEAD_NORMS:
             raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {self.head_norm!r}")
         if self.fpn_norm not in FPN_NORMS:

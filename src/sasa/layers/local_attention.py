@@ -139,13 +139,15 @@ class LocalSelfAttention2d(nn.Module):
 
         A conv-like start (Cordonnier et al., 2020: N heads attending to N fixed offsets act as a conv):
         q's bias is ``bias`` on the first row and first column channel of each head, and those two
-        channels of the head's row/column embeddings are ``s`` at the chosen offset and 0 elsewhere, so
+        channels of the head's row/column embeddings are s = logit·√D / (2·bias) at the chosen offset and 0 elsewhere, so
         the bias alone adds ``logit`` (after the 1/√D scaling) at that offset, ``logit/2`` where one
         coordinate matches, 0 elsewhere; W_Q x still adds content-dependent q·r terms. Needs
-        ``qkv_bias=True`` and ``rel_pos_per_head=True`` (a 2-D offset per head).
+        ``qkv_bias=True`` and ``rel_pos_per_head=True`` (a 2-D offset per head), and no ``qkv_norm``
+        (its batch norm would subtract the bias again).
         """
-        if self.qkv.bias is None or self.rel_pos is None or not self.rel_pos.per_head:
-            raise ValueError("point_heads_at_ needs qkv_bias=True, positional='relative' and rel_pos_per_head=True")
+        if self.qkv.bias is None or self.rel_pos is None or not self.rel_pos.per_head or self.qkv_norm is not None:
+            raise ValueError("point_heads_at_ needs qkv_bias=True, positional='relative', rel_pos_per_head=True "
+                             "and qkv_norm=False")
         radius = self.kernel_size // 2
         for dy, dx in offsets:
             if max(abs(dy), abs(dx)) > radius:
