@@ -92,6 +92,8 @@ def test_point_heads_at_starts_each_head_on_its_offset():
         LocalSelfAttention2d(4, 16, num_heads=2, qkv_bias=True, rel_pos_per_head=True, qkv_norm=True).point_heads_at_(offsets)
     with pytest.raises(ValueError, match=r"offset \(3, 0\) lies outside the 5x5 window"):
         layer.point_heads_at_([(3, 0)])
+    with pytest.raises(ValueError, match="at least one offset"):
+        layer.point_heads_at_([])
 
 
 def test_positional_variants():

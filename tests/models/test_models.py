@@ -126,3 +126,13 @@ def test_item13_positional_absolute_model_runs_at_any_size():
     )
     for size in (32, 48):
         assert model(torch.randn(1, 3, size, size)).shape == (1, 3)
+
+
+def test_downsample_hooks_fire_in_eager_mode():
+    """The shortcut's Sequential is called as a module in eager mode (its matmul form is compile-only)."""
+    model = sasa.create_model("resnet26", num_classes=3)
+    block = model.layer2[0]
+    seen = []
+    block.downsample.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    model(torch.randn(2, 3, 32, 32))
+    assert seen == [torch.Size([2, 512, 4, 4])]

@@ -7,6 +7,7 @@ convolution of the FPN and of the heads ("attention": the paper's attention dete
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,12 +84,13 @@ class DetectorConfig:
             object.__setattr__(self, name, value)
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
-        if self.head != "conv" and isinstance(attention, AttentionConfig) and attention.positional != "relative":
-            if not self.head_content or self.head_init == "neighbours":
+        if self.head != "conv" and isinstance(attention, AttentionConfig):
+            head_only = not self.head_content or self.head_init == "neighbours"
+            if head_only and attention.positional != "relative":
                 raise ValueError(f"head_content=False and head_init='neighbours' need positional='relative', "
                                  f"got {attention.positional!r}")
-        if self.head != "conv" and isinstance(attention, AttentionConfig) and self.head_init == "neighbours" and attention.qkv_norm:
-            raise ValueError("head_init='neighbours' needs qkv_norm=False (its batch norm would subtract the q bias)")
+            if self.head_init == "neighbours" and attention.qkv_norm:
+                raise ValueError("head_init='neighbours' needs qkv_norm=False (its batch norm would subtract the q bias)")
         if self.head_norm not in HEAD_NORMS:
             raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {self.head_norm!r}")
         if self.fpn_norm not in FPN_NORMS:
@@ -108,6 +110,17 @@ class DetectorConfig:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
+
+    def head_attention(self) -> Any:
+        """The options of the FPN/head mixers: ``attention`` with the head-only changes applied."""
+        if not isinstance(self.attention, AttentionConfig):
+            return self.attention
+        changes = {}
+        if not self.head_content:
+            changes["content"] = False
+        if self.head_init == "neighbours":
+            changes.update(rel_pos_per_head=True, qkv_bias=True)
+        return dataclasses.replace(self.attention, **changes)
 
 
 def _detector_configs() -> dict[str, DetectorConfig]:

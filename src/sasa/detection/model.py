@@ -51,7 +51,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from sasa.detection.config import DETECTOR_CONFIGS, DetectorConfig, norm_groups
 from sasa.detection.resize import ClampedResizeTransform
 from sasa.engine.io import load_weights
-from sasa.layers import AttentionConfig, LocalSelfAttention2d, create_spatial_mixer
+from sasa.layers import LocalSelfAttention2d, create_spatial_mixer
 from sasa.models import create_model
 from sasa.models.registry import resolve_config
 from sasa.profile import count_flops, count_params
@@ -140,24 +140,12 @@ HEAD_INIT_STD = 0.01
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def head_attention_config(config: DetectorConfig):
-    """The options of the FPN/head mixers: ``config.attention`` with the head-only changes applied."""
-    if not isinstance(config.attention, AttentionConfig):
-        return config.attention
-    changes = {}
-    if not config.head_content:
-        changes["content"] = False
-    if config.head_init == "neighbours":
-        changes.update(rel_pos_per_head=True, qkv_bias=True)
-    return dataclasses.replace(config.attention, **changes)
-
-
 def _head_mixer(in_channels: int, config: DetectorConfig, *, stride: int = 1,
                 value_std: float | None = None) -> nn.Module:
     """The ``config.head`` mixer in_channels → fpn_channels; given ``value_std``, a local attention's
     W_V is drawn from N(0, value_std²) (W_Q, W_K keep the layer's fan-in init)."""
     layer = create_spatial_mixer(config.head, in_channels, config.fpn_channels, stride=stride,
-                                 config=head_attention_config(config))
+                                 config=config.head_attention())
     if isinstance(layer, LocalSelfAttention2d) and config.head_init == "neighbours":
         layer.point_heads_at_(NEIGHBOURS)
     if isinstance(layer, LocalSelfAttention2d) and value_std is not None:

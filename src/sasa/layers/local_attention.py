@@ -148,6 +148,8 @@ class LocalSelfAttention2d(nn.Module):
         if self.qkv.bias is None or self.rel_pos is None or not self.rel_pos.per_head or self.qkv_norm is not None:
             raise ValueError("point_heads_at_ needs qkv_bias=True, positional='relative', rel_pos_per_head=True "
                              "and qkv_norm=False")
+        if not offsets:
+            raise ValueError("point_heads_at_ needs at least one offset, got none")
         radius = self.kernel_size // 2
         for dy, dx in offsets:
             if max(abs(dy), abs(dx)) > radius:

@@ -69,8 +69,7 @@ def _applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
         and x.dim() == 4 and x.numel() > 0
-        and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
-        and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+        and _is_plain_1x1(conv) and conv.stride == (1, 1) and conv.dilation == (1, 1)
         and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
     )

@@ -49,11 +49,18 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # conv1x1: the 1×1 convs as matmuls under torch.compile (dynamic sizes; sasa.layers.projection)
-        identity = x if self.downsample is None else self.downsample[1](conv1x1(self.downsample[0], x))
+        identity = x if self.downsample is None else self._shortcut(x)
         out = self.relu(self.bn1(conv1x1(self.conv1, x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(conv1x1(self.conv3, out))
         return self.relu(out + identity)
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The projection shortcut; in eager mode the Sequential itself, so hooks on it fire."""
+        if not torch.compiler.is_compiling():
+            return self.downsample(x)
+        conv, norm = self.downsample
+        return norm(conv1x1(conv, x))
 
 
 class ResNet(nn.Module):
