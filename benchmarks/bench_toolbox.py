@@ -1,6 +1,7 @@
 """torch.compile vs eager step times of sa_resnet26, and the peak-memory drop of gradient checkpointing.
 
-compile: one thread, process CPU clock (independent of other load on a shared machine), median of
+compile: one thread, process CPU clock (independent of other load on a shared machine; --device cuda: wall
+time between synchronisations), median of
 --repeats steps after the compile and --warmup steps; train step = forward + backward + SGD step,
 inference = eval forward under ``inference_mode``; the compiled model is
 ``torch.compile(model, fullgraph=True, dynamic=True)`` (inductor; ``--static``: ``dynamic=False``). Both are
@@ -31,24 +32,32 @@ from _memory import peak_memory  # noqa: E402
 import sasa  # noqa: E402
 
 
-def _median_cpu_seconds(step, warmup: int, repeats: int) -> float:
+def _median_seconds(step, warmup: int, repeats: int, device: torch.device) -> float:
+    """Median time of ``step()``: process CPU time on CPU; on CUDA wall time between synchronisations."""
+    cuda = device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
     for _ in range(warmup):
         step()
     times = []
     for _ in range(repeats):
-        start = time.process_time()
+        if cuda:
+            torch.cuda.synchronize()
+        start = clock()
         step()
-        times.append(time.process_time() - start)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(clock() - start)
     return statistics.median(times)
 
 
 def bench_compile(args) -> None:
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
-    target = torch.randint(0, 10, (args.batch_size,))
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    target = torch.randint(0, 10, (args.batch_size,), device=device)
     results = {}
     for mode in ("eager", "compiled"):
-        model = sasa.create_model("sa_resnet26", num_classes=10)
+        model = sasa.create_model("sa_resnet26", num_classes=10).to(device)
         runner = torch.compile(model, fullgraph=True, dynamic=not args.static) if mode == "compiled" else model
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 
@@ -65,37 +74,43 @@ def bench_compile(args) -> None:
         start = time.perf_counter()
         train_step()  # compiles (compiled mode)
         compile_train = time.perf_counter() - start
-        train = _median_cpu_seconds(train_step, args.warmup, args.repeats)
+        train = _median_seconds(train_step, args.warmup, args.repeats, device)
         model.eval()
         start = time.perf_counter()
         infer_step()
         compile_infer = time.perf_counter() - start
-        infer = _median_cpu_seconds(infer_step, args.warmup, args.repeats)
+        infer = _median_seconds(infer_step, args.warmup, args.repeats, device)
         results[mode] = (train, infer)
         print(f"{mode:9s} train step {1000 * train:8.1f} ms  inference {1000 * infer:8.1f} ms  "
               f"(first call: {compile_train:.0f} s / {compile_infer:.0f} s wall)", flush=True)
     (train_e, infer_e), (train_c, infer_c) = results["eager"], results["compiled"]
     print(f"compiled/eager time: train {train_c / train_e:.2f}, inference {infer_c / infer_e:.2f} "
-          f"(sa_resnet26, batch {args.batch_size}, {args.img_size}x{args.img_size}, 1 thread, CPU time, "
+          f"(sa_resnet26, batch {args.batch_size}, {args.img_size}x{args.img_size}, "
+          f"{_device_name(device) + ', wall time' if device.type == 'cuda' else '1 thread, CPU time'}, "
           f"{'static' if args.static else 'dynamic'} shapes)")
 
 
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
 def bench_memory(args) -> None:
+    device = torch.device(args.device)
     peaks = {}
     for enable in (False, True):
         torch.manual_seed(0)
-        model = sasa.create_model(args.memory_model, num_classes=1000).train()
+        model = sasa.create_model(args.memory_model, num_classes=1000).train().to(device)
         model.set_grad_checkpointing(enable)
-        x = torch.randn(8, 3, 224, 224)
-        target = torch.randint(0, 1000, (8,))
+        x = torch.randn(8, 3, 224, 224, device=device)
+        target = torch.randint(0, 1000, (8,), device=device)
 
         def step():
             model.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(x), target).backward()
 
         step()  # warm-up: gradients allocated once, as in the timed benchmarks
-        peaks[enable] = peak_memory(step, torch.device("cpu"))
-        print(f"{args.memory_model} train step, batch 8, 224: grad checkpointing {enable}: peak "
+        peaks[enable] = peak_memory(step, device)
+        print(f"{args.memory_model} train step ({_device_name(device)}), batch 8, 224: grad checkpointing {enable}: peak "
               f"{peaks[enable] / 2**20:.0f} MiB", flush=True)
     print(f"checkpointing peak / plain peak: {peaks[True] / peaks[False]:.2f}")
 
@@ -123,7 +138,7 @@ def bench_onnx(args) -> None:
                 return model(x)
 
         error = float((torch.from_numpy(session.run(None, feed)[0]) - eager()).abs().max())
-        times = {name: _median_cpu_seconds(step, args.warmup, args.repeats)
+        times = {name: _median_seconds(step, args.warmup, args.repeats, torch.device("cpu"))
                  for name, step in (("eager", eager), ("onnxruntime", lambda: session.run(None, feed)))}
         print(f"sa_resnet26 inference, batch {batch}, {args.onnx_img_size}x{args.onnx_img_size}, 1 thread: "
               f"PyTorch eager {1000 * times['eager']:.0f} ms, onnxruntime {1000 * times['onnxruntime']:.0f} ms "
@@ -144,6 +159,7 @@ def main() -> None:
     parser.add_argument("--static", action="store_true",
                         help="compile with dynamic=False (inductor in torch 2.14.1 fails on the dynamic train graph)")
     parser.add_argument("--onnx-img-size", type=int, default=224)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="compile and memory parts (ONNX: CPU)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.skip_memory:

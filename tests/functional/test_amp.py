@@ -38,3 +38,21 @@ def test_mixed_dtypes_without_autocast_still_refused():
     q = torch.randn(1, 1, 3, 3, 2).bfloat16()
     with pytest.raises(TypeError, match="rel_pos must have the dtype of q"):
         local_attention2d(q, q, q, kernel_size=3, rel_pos=torch.randn(3, 3, 2))
+
+
+@pytest.mark.parametrize("length,radius", [(6, 5), (9, 2)], ids=["global", "banded"])
+def test_autocast_axial_op_takes_float32_tables_with_bfloat16_qkv(length, radius):
+    """Axial attention under autocast: bf16 q, k, v meet the layer's float32 tables (it raised before)."""
+    from sasa.functional.axial import axial_attention1d
+
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 2, length, 4, generator=gen).bfloat16() for _ in range(3))
+    tables = [torch.randn(2 * radius + 1, 4, generator=gen, requires_grad=True) for _ in range(3)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = axial_attention1d(q, k, v, rel_q=tables[0], rel_k=tables[1], rel_v=tables[2])
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(t.grad.dtype == torch.float32 and torch.isfinite(t.grad).all() for t in tables)
+    expected = axial_attention1d(q.double(), k.double(), v.double(), backend="reference",
+                                 **{name: t.detach().bfloat16().double() for name, t in zip(("rel_q", "rel_k", "rel_v"), tables)})
+    torch.testing.assert_close(out.double(), expected, atol=5e-2, rtol=5e-2)

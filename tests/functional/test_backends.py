@@ -327,8 +327,8 @@ def test_auto_on_cuda_is_not_a_cpu_backend():
 
 
 @cuda
-@pytest.mark.parametrize("backend", ["flex", "natten"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("backend", ["flex", "natten", "chunked", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
 def test_item1_cuda_large_logits_equal_to_float64(backend, dtype):
     """The CUDA backends keep float32 logits too: logits ~1e4 give the float64 reference's output."""
     gen = torch.Generator().manual_seed(5)
@@ -342,5 +342,6 @@ def test_item1_cuda_large_logits_equal_to_float64(backend, dtype):
     assert torch.isfinite(out).all()
     expected = local_attention2d_reference(q.double(), k.double(), v.double(), kernel_size=5,
                                            rel_pos=None if rel is None else rel.double())
+    assert out.dtype == dtype
     tol = dict(atol=1e-3, rtol=1e-3) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(out.double(), expected, **tol)

@@ -40,6 +40,8 @@ from sasa.engine.progress import ProgressReporter, format_metrics
 from sasa.engine.run_dir import RunDir
 from sasa.errors import UserError
 
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+
 Autocast = Callable[[], ContextManager]
 
 
@@ -66,7 +68,9 @@ class TrainConfig(Options):
     warmup_lr: float = option(1e-6, check=NON_NEGATIVE, flag=False)  # lr at the start of the warm-up
     min_lr: float = option(0.0, check=NON_NEGATIVE, flag=False)  # lr at the end of the cosine decay
     sched_per: str = option("step", choices=("step", "epoch"), flag=False)  # update the lr every step or epoch
-    amp: bool = option(False, "mixed precision (bf16 on CPU, fp16 on CUDA)")
+    amp: bool = option(False, "mixed precision (bf16 on CPU, fp16 on CUDA; see --amp-dtype)")
+    amp_dtype: str = option("auto", "--amp's dtype: auto (bfloat16 on CPU, float16 on CUDA), bfloat16 or float16; "
+                            "float16 trains with a gradient scaler", choices=AMP_DTYPES)
     grad_clip: float | None = option(None, "clip the global gradient norm to this", check=POSITIVE)
     ema: bool = option(False, "evaluate and save an exponential moving average of the weights")
     ema_decay: float = option(0.9998, "decay of --ema", check=FRACTION)
@@ -139,12 +143,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_factory(device: torch.device, enabled: bool) -> Autocast:
-    """``with autocast():`` bf16 on CPU, fp16 on CUDA; a no-op context when AMP is off."""
+def amp_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """The autocast dtype of ``--amp-dtype name`` on ``device``: ``auto`` is bf16 on CPU, fp16 on CUDA."""
+    if name not in AMP_DTYPES:
+        raise ValueError(f"amp dtype must be one of {AMP_DTYPES}, got {name!r}")
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return getattr(torch, name)
+
+
+def autocast_factory(device: torch.device, enabled: bool, dtype: str = "auto") -> Autocast:
+    """``with autocast():`` in :func:`amp_dtype`'s dtype; a no-op context when AMP is off."""
     if not enabled:
         return contextlib.nullcontext
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+    resolved = amp_dtype(device, dtype)
+    return lambda: torch.autocast(device_type=device.type, dtype=resolved)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -237,8 +250,10 @@ class Trainer:
             )
         self.optimizer = build_optimizer(unwrap_model(model), config)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
-        self.autocast = autocast_factory(ctx.device, config.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp and ctx.device.type == "cuda")
+        self.autocast = autocast_factory(ctx.device, config.amp, config.amp_dtype)
+        # float16's narrow range needs loss scaling; bfloat16 has float32's range and trains without it
+        fp16 = config.amp and amp_dtype(ctx.device, config.amp_dtype) is torch.float16
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=fp16)
         self.ema = None
         if config.ema:
             from timm.utils import ModelEmaV3

@@ -31,6 +31,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from sasa.functional._amp import autocast_dtype, cast_to
+
 LogitNorm = Callable[[list, "torch.Tensor | None"], list]
 OutputNorm = Callable[[list], list]
 
@@ -181,7 +183,8 @@ def axial_attention1d(
 ) -> torch.Tensor:
     """q, k: (B, N, L, Dq); v: (B, N, L, Dv); rel_q, rel_k: (2·radius+1, Dq); rel_v: (2·radius+1, Dv) -> (B, N, L, Dv).
 
-    No implicit scaling. ``logit_scales`` (3, N): multiply the three logit terms of head n by
+    Under ``torch.autocast`` every float32/16 input is cast to the autocast dtype first (float32 tables
+    meet half-precision projections there). No implicit scaling. ``logit_scales`` (3, N): multiply the three logit terms of head n by
     ``logit_scales[:, n]`` — applied to q or k before the products, so it costs nothing on the
     (L, S) logits; with it a layer folds an evaluation-mode batch norm of the terms (its shift is
     the same for every key of a query, so the softmax ignores it). Offsets beyond L − 1 cannot
@@ -189,6 +192,9 @@ def axial_attention1d(
     """
     if backend != "auto" and backend not in AXIAL_BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {sorted(AXIAL_BACKENDS)}, got {backend!r}")
+    amp = autocast_dtype(q.device) if isinstance(q, torch.Tensor) else None
+    if amp is not None:  # bf16/fp16 projections meet the float32 tables: run in the autocast dtype, as matmuls do
+        q, k, v, rel_q, rel_k, rel_v, logit_scales = cast_to(amp, q, k, v, rel_q, rel_k, rel_v, logit_scales)
     _check_args(q, k, v, rel_q, rel_k, rel_v)
     if logit_scales is not None and tuple(logit_scales.shape) != (3, q.shape[1]):
         raise ValueError(f"logit_scales must have shape (3, N) = {(3, q.shape[1])}, got {tuple(logit_scales.shape)}")
