@@ -345,3 +345,33 @@ def test_item1_cuda_large_logits_equal_to_float64(backend, dtype):
     assert out.dtype == dtype
     tol = dict(atol=1e-3, rtol=1e-3) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(out.double(), expected, **tol)
+
+
+def test_flex_block_mask_cached_under_inference_mode_is_usable_in_training():
+    """The cached window mask is built from normal tensors even when the first call runs under inference_mode
+    (an evaluation), else the next training step fails: 'Inference tensors cannot be saved for backward'."""
+    from sasa.functional import flex
+
+    flex._window_block_mask.cache_clear()
+    try:
+        with torch.inference_mode():
+            mask = flex._window_block_mask(5, 6, 3, "cpu")
+        tensors = [t for t in mask.as_tuple() if isinstance(t, torch.Tensor)]
+        assert tensors and not any(t.is_inference() for t in tensors)
+    finally:
+        flex._window_block_mask.cache_clear()
+
+
+def test_flex_compiles_with_a_recompile_limit_that_fits_a_network(monkeypatch):
+    """Past dynamo's default limit (8 graphs) flex_attention silently runs unfused (41 GB for one 56x56 layer on
+    an H200): every call outside the user's own torch.compile raises the limit, and restores it."""
+    from sasa.functional import flex
+
+    seen, before = [], torch._dynamo.config.recompile_limit
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a, **k: seen.append(torch._dynamo.config.recompile_limit))
+    flex._compiled_flex_attention.cache_clear()
+    try:
+        flex._compiled_flex_attention()()
+    finally:
+        flex._compiled_flex_attention.cache_clear()
+    assert seen == [max(flex.FLEX_RECOMPILE_LIMIT, before)] and torch._dynamo.config.recompile_limit == before
