@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from sasa.models import create_model
 
 TINY = dict(layers=(1, 1, 1, 1), widths=(8, 8, 8, 16), stem_channels=16, num_heads=2, kernel_size=3)
 # distinct batch/H/W on the first call: dynamo's duck sizing would otherwise tie equal sizes together
@@ -24,29 +23,13 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _model(name: str, **overrides) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=5, **overrides)
-    for module in model.modules():  # zero-init residual BN would hide the attention from the gradients
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
-    return model
-
-
-def _train_step(model, x):
-    model.zero_grad()
-    out = model(x)
-    out.square().sum().backward()
-    return out.detach(), [p.grad.clone() for p in model.parameters()]
-
-
 # inductor's CPU float sums over more than 4096 elements take a more precise kernel, chosen at compile time: a
 # train step whose BN reductions (batch x pixels per channel, at H/4 .. H/32) cross 4096 compiles once more.
 # These shapes stay below at every stage, so any compile after the first is a size specialization.
 INDUCTOR_SHAPES = [(2, 3, 64, 96), (3, 3, 96, 64), (4, 3, 128, 96)]
 
 
-def _check_compiled_training(model, backend: str, shapes, atol=1e-4, rtol=1e-4) -> None:
+def _check_compiled_training(model, train_step, backend: str, shapes, atol=1e-4, rtol=1e-4) -> None:
     """Compiled train steps equal eager ones, and later batch/image sizes compile nothing new."""
     counter = CompileCounterWithBackend(backend)
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counter)
@@ -54,8 +37,8 @@ def _check_compiled_training(model, backend: str, shapes, atol=1e-4, rtol=1e-4) 
     for shape in shapes:
         x = torch.randn(*shape)
         # eager first: einops registers its backends on first use, and dynamo guards on that registry
-        want_out, want_grads = _train_step(model, x)
-        got_out, got_grads = _train_step(compiled, x)
+        want_out, want_grads = train_step(model, x)
+        got_out, got_grads = train_step(compiled, x)
         torch.testing.assert_close(got_out, want_out, atol=atol, rtol=rtol)
         for got, want in zip(got_grads, want_grads):
             torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
@@ -63,14 +46,14 @@ def _check_compiled_training(model, backend: str, shapes, atol=1e-4, rtol=1e-4) 
         assert counter.frame_count == compiles_after_first, f"recompiled for input shape {shape}"
 
 
-def test_compile_fullgraph_no_recompile_small():
-    model = _model("sa_resnet26", **TINY).train()
-    _check_compiled_training(model, "aot_eager", SHAPES[:2])
+def test_compile_fullgraph_no_recompile_small(seeded_model, train_step):
+    model = seeded_model("sa_resnet26", **TINY).train()
+    _check_compiled_training(model, train_step, "aot_eager", SHAPES[:2])
 
 
-def test_compile_fullgraph_inference_small():
+def test_compile_fullgraph_inference_small(seeded_model):
     """Eval under inference_mode (the layer's oneDNN projection path is eager-only) compiles without a graph break."""
-    model = _model("sa_resnet26", **TINY).eval()
+    model = seeded_model("sa_resnet26", **TINY).eval()
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="aot_eager")
     x = torch.randn(*SHAPES[0])
     with torch.inference_mode():
@@ -78,16 +61,16 @@ def test_compile_fullgraph_inference_small():
 
 
 @pytest.mark.slow
-def test_compile_inductor_no_recompile_small():
+def test_compile_inductor_no_recompile_small(seeded_model, train_step):
     """The 1×1 convs run as matmuls under compile (sasa.layers.projection.conv1x1); as convs, inductor specializes."""
-    model = _model("sa_resnet26", **TINY).train()
-    _check_compiled_training(model, "inductor", INDUCTOR_SHAPES, atol=1e-3, rtol=1e-3)
+    model = seeded_model("sa_resnet26", **TINY).train()
+    _check_compiled_training(model, train_step, "inductor", INDUCTOR_SHAPES, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.slow
-def test_compile_sa_resnet26_inductor():
-    model = _model("sa_resnet26").train()
-    _check_compiled_training(model, "inductor", INDUCTOR_SHAPES, atol=1e-3, rtol=1e-3)
+def test_compile_sa_resnet26_inductor(seeded_model, train_step):
+    model = seeded_model("sa_resnet26").train()
+    _check_compiled_training(model, train_step, "inductor", INDUCTOR_SHAPES, atol=1e-3, rtol=1e-3)
 
 
 def _check_export(model, shapes):
@@ -105,10 +88,10 @@ def _check_export(model, shapes):
             torch.testing.assert_close(program.module()(x), model(x), atol=1e-4, rtol=1e-4)
 
 
-def test_export_small():
-    _check_export(_model("sa_resnet26", **TINY), SHAPES[:2])
+def test_export_small(seeded_model):
+    _check_export(seeded_model("sa_resnet26", **TINY), SHAPES[:2])
 
 
 @pytest.mark.slow
-def test_export_sa_resnet26():
-    _check_export(_model("sa_resnet26"), SHAPES)
+def test_export_sa_resnet26(seeded_model):
+    _check_export(seeded_model("sa_resnet26"), SHAPES)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sasa.models import create_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -22,55 +21,44 @@ def _ieee_float32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _model(name: str, **overrides) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=5, **overrides)
-    for module in model.modules():  # zero-init residual BN would hide the attention from the gradients
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
-    return model
-
-
-def _train_step(model, x):
-    model.zero_grad()
-    out = model(x)
-    out.square().sum().backward()
-    return out.detach().cpu(), [p.grad.detach().cpu() for p in model.parameters()]
+def _on_cpu(result):
+    out, grads = result
+    return out.cpu(), [g.cpu() for g in grads]
 
 
 @pytest.mark.parametrize("name", ["sa_resnet26", "sa_resnet26_convstem", "axial_resnet26_s"])
-def test_cuda_train_step_equals_cpu(name):
-    model = _model(name, **({} if name.startswith("axial") else TINY))
+def test_cuda_train_step_equals_cpu(name, seeded_model, train_step):
+    model = seeded_model(name, **({} if name.startswith("axial") else TINY))
     x = torch.randn(2, 3, 40, 56)
-    want_out, want_grads = _train_step(model, x)
-    got_out, got_grads = _train_step(model.cuda(), x.cuda())
+    want_out, want_grads = _on_cpu(train_step(model, x))
+    got_out, got_grads = _on_cpu(train_step(model.cuda(), x.cuda()))
     torch.testing.assert_close(got_out, want_out, atol=2e-3, rtol=2e-3)
     for got, want in zip(got_grads, want_grads):
         torch.testing.assert_close(got, want, atol=5e-3, rtol=5e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_cuda_autocast_train_step_is_finite_and_close_to_float32(dtype):
-    model = _model("sa_resnet26", **TINY).cuda()
+def test_cuda_autocast_train_step_is_finite_and_close_to_float32(dtype, seeded_model, train_step):
+    model = seeded_model("sa_resnet26", **TINY).cuda()
     x = torch.randn(4, 3, 48, 48, device="cuda")
-    want_out, _ = _train_step(model, x)
+    want_out, _ = _on_cpu(train_step(model, x))
     with torch.autocast("cuda", dtype=dtype):
-        got_out, got_grads = _train_step(model, x)
+        got_out, got_grads = _on_cpu(train_step(model, x))
     assert torch.isfinite(got_out).all() and all(torch.isfinite(g).all() for g in got_grads)
     torch.testing.assert_close(got_out.float(), want_out, atol=0.15, rtol=0.05)
 
 
-def test_cuda_compiled_train_step_fullgraph_equals_eager():
+def test_cuda_compiled_train_step_fullgraph_equals_eager(seeded_model, train_step):
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()
-    model = _model("sa_resnet26", **TINY).cuda()
+    model = seeded_model("sa_resnet26", **TINY).cuda()
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, fullgraph=True, backend=counter)
     for shape in [(2, 3, 64, 64), (2, 3, 64, 64)]:
         x = torch.randn(*shape, device="cuda")
-        want_out, want_grads = _train_step(model, x)
-        got_out, got_grads = _train_step(compiled, x)
+        want_out, want_grads = _on_cpu(train_step(model, x))
+        got_out, got_grads = _on_cpu(train_step(compiled, x))
         torch.testing.assert_close(got_out, want_out, atol=2e-3, rtol=2e-3)
         for got, want in zip(got_grads, want_grads):
             torch.testing.assert_close(got, want, atol=5e-3, rtol=5e-3)
