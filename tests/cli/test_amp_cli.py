@@ -25,6 +25,7 @@ def _assert_finite(row, keys):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("model", CLASSIFIERS)
+@pytest.mark.filterwarnings("ignore:--amp-dtype float16 on CPU")
 def test_amp_classifier_trains_with_finite_losses(tmp_path, model, dtype, device):
     out = tmp_path / "run"
     assert main(["train", "--model", model, "--data", "digits", "--out", str(out), "--epochs", "1",
@@ -42,6 +43,13 @@ def test_amp_detector_with_attention_heads_trains_with_finite_losses(tmp_path, d
                  "--amp", "--device", device, "--quiet"]) == 0
     (row,) = _rows(out)
     _assert_finite(row, ("train_loss", "train_cls_loss", "train_box_loss"))
+
+
+def test_float16_on_cpu_warns_that_it_is_slow(tmp_path):
+    with pytest.warns(UserWarning, match="float16 on CPU runs about 25x slower"):
+        main(["train", "--model", "resnet26", "--data", "digits", "--out", str(tmp_path / "run"), "--epochs", "1",
+              "--limit-train", "16", "--limit-val", "8", "--img-size", "16", "--batch-size", "8",
+              "--amp", "--amp-dtype", "float16", "--device", "cpu", "--quiet"])
 
 
 def test_amp_dtype_auto_is_bf16_on_cpu_fp16_on_cuda_and_names_a_bad_value():

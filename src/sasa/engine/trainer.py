@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Mapping, Protocol
@@ -253,6 +254,10 @@ class Trainer:
         self.autocast = autocast_factory(ctx.device, config.amp, config.amp_dtype)
         # float16's narrow range needs loss scaling; bfloat16 has float32's range and trains without it
         fp16 = config.amp and amp_dtype(ctx.device, config.amp_dtype) is torch.float16
+        if fp16 and ctx.device.type == "cpu" and ctx.is_main:
+            # measured: sa_resnet26 train step at 32x32, batch 16, 1 thread: 2.65 s vs 0.11 s in bfloat16
+            warnings.warn("--amp-dtype float16 on CPU runs about 25x slower than bfloat16 (PyTorch has few fast "
+                          "float16 CPU kernels); use bfloat16 there", stacklevel=2)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=fp16)
         self.ema = None
         if config.ema:
