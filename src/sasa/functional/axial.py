@@ -185,8 +185,8 @@ def axial_attention1d(
 
     Under ``torch.autocast`` every float32/16 input is cast to the autocast dtype first (float32 tables
     meet half-precision projections there). No implicit scaling. ``logit_scales`` (3, N): multiply the
-    three logit terms of head n by ``logit_scales[:, n]`` — applied to q or k before the products, so it costs nothing on the
-    (L, S) logits; with it a layer folds an evaluation-mode batch norm of the terms (its shift is
+    three logit terms of head n by ``logit_scales[:, n]`` — applied to q or k before the products, so it
+    costs nothing on the (L, S) logits; with it a layer folds an evaluation-mode batch norm of the terms (its shift is
     the same for every key of a query, so the softmax ignores it). Offsets beyond L − 1 cannot
     occur, so tables longer than the axis are trimmed to the rows it uses (same result, less work).
     """
