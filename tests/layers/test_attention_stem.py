@@ -149,7 +149,7 @@ def _peaks_inputs(dtype, heads, dim, mixtures, blocks=70, block=16, constant_blo
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("heads,dim,mixtures,stats", [(1, 64, 4, True), (1, 64, 4, False), (2, 8, 3, True), (3, 5, 1, False)])
 def test_cpu_kernel_matches_the_chunked_stem(isa, dtype, heads, dim, mixtures, stats):
-    """The C++ stem kernel (_StemPeaksFused; (1, 64, 4) is its specialised default stem) gives _StemPeaks' values
+    """The C++ stem kernel (fused_stem_peaks; (1, 64, 4) is its specialised default stem) gives _StemPeaks' values
     and gradients, ties of the max pool included (split evenly as amax's backward)."""
     from sasa.functional import cpu_fused
     from sasa.layers import attention_stem
@@ -162,7 +162,7 @@ def test_cpu_kernel_matches_the_chunked_stem(isa, dtype, heads, dim, mixtures, s
     if isa == "baseline":
         ext.limit_isa("baseline")
     try:
-        got = attention_stem._StemPeaksFused.apply(*inputs, stats)
+        got = attention_stem.fused_stem_peaks(*inputs, stats)
     finally:
         ext.limit_isa("avx512")
     want = attention_stem._StemPeaks.apply(*inputs, stats)
@@ -198,3 +198,54 @@ def test_compiled_sizes_have_no_modulo():
     torch.compile(stem, fullgraph=True, dynamic=True, backend=backend)(torch.randn(2, 3, 10, 13))
     torch._dynamo.reset()
     assert sizes and not any("Mod" in size for size in sizes)
+
+
+@pytest.mark.parametrize("stats", [True, False])
+def test_stem_kernel_custom_ops_pass_opcheck(stats):
+    """The C++ stem kernel as custom ops: fake shapes, schema and autograd registration agree with the kernel."""
+    from sasa.functional import cpu_fused
+    from sasa.layers import attention_stem
+
+    if cpu_fused.load_extension() is None:
+        pytest.skip("no C++ extension")
+    torch.manual_seed(0)
+    inputs = _peaks_inputs(torch.float64, 2, 8, 3, blocks=9)
+    torch.library.opcheck(attention_stem.stem_peaks_forward, (*inputs, stats))
+    peak, y_sum, y_gram = attention_stem.stem_peaks_forward(*(t.detach() for t in inputs), stats)
+    grads = (torch.randn_like(peak), torch.randn_like(y_sum), torch.randn_like(y_gram))
+    torch.library.opcheck(attention_stem.stem_peaks_backward,
+                          (*grads, *(t.detach() for t in inputs), stats, True))
+
+
+def test_compiled_stem_runs_the_fused_kernel_with_eager_values_and_gradients():
+    """Under torch.compile (fullgraph, dynamic sizes) the stem's graph holds the kernel's custom op, not the
+    full-resolution attention; values, gradients and BN running statistics equal eager ones."""
+    from sasa.functional import cpu_fused
+
+    if cpu_fused.load_extension() is None:
+        pytest.skip("no C++ extension")
+    torch.manual_seed(0)
+    eager, compiled_stem = AttentionStem(3, 16, num_heads=2).train(), AttentionStem(3, 16, num_heads=2).train()
+    compiled_stem.load_state_dict(eager.state_dict())
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm
+
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_stem, fullgraph=True, dynamic=True, backend=backend)
+    for shape in [(2, 3, 16, 20), (3, 3, 24, 12)]:
+        x = torch.randn(*shape, dtype=torch.float64)
+        eager.double(), compiled_stem.double()
+        want = eager(x)
+        want.square().sum().backward()
+        got = compiled(x)
+        got.square().sum().backward()
+        torch.testing.assert_close(got, want)
+        for (name, a), b in zip(compiled_stem.named_parameters(), eager.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(compiled_stem.bn.running_var, eager.bn.running_var)
+    torch._dynamo.reset()
+    assert "sasa.stem_peaks_forward.default" in targets
+    assert not any("softmax" in target for target in targets)

@@ -139,9 +139,9 @@ class AttentionStem(nn.Module):
         """The fused path needs pool windows equal to the attention blocks, no padded pixels, float32/64 without autocast."""
         s, pool = self.block_size, self.pool
         return (
-            # torch.compile cannot trace _StemPeaks' backward (autograd.grad); the plain path compiles. Checked
-            # first: the size tests below would add guards (recompiles) on the image size
-            not torch.compiler.is_compiling()
+            # under torch.compile only the C++ kernel's custom ops trace (_StemPeaks' backward calls autograd.grad);
+            # export and ONNX keep the plain path's standard ops
+            _traceable(x)
             and isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (s, (s, s)) and pool.stride in (s, (s, s))
             and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
             and type(self.bn) is nn.BatchNorm2d and self.bn.affine and type(self.relu) is nn.ReLU
@@ -161,8 +161,8 @@ class AttentionStem(nn.Module):
         * BN is a per-channel affine map a·out + b and ReLU is monotone, so the max pool over a block
           (= one pool window) commutes with them: max_p relu(a·out_p + b) = relu(|a|·max_p(sign(a)·out_p) + b).
           sign(a) = sign(γ) is known before the statistics, so it is folded into W_cat.
-        The block attention runs in chunks of blocks (:class:`_StemPeaks`; on CPU the C++ kernel
-        :class:`_StemPeaksFused`): no full-resolution tensor is allocated or saved, and the backward recomputes
+        The block attention runs in chunks of blocks (:class:`_StemPeaks`; on CPU the C++ kernel,
+        :func:`fused_stem_peaks`): no full-resolution tensor is allocated or saved, and the backward recomputes
         each chunk.
         """
         s, n, dim = self.block_size, self.num_heads, self.head_dim
@@ -179,8 +179,8 @@ class AttentionStem(nn.Module):
         bn = self.bn
         sign = torch.where(bn.weight.detach() < 0, -1.0, 1.0).to(x.dtype).view(n, dim, 1)
         use_batch_stats = self.training or bn.running_mean is None
-        peaks = _StemPeaksFused if _fused_kernel(x) is not None else _StemPeaks
-        peak, y_sum, y_gram = peaks.apply(pixels, bilinear, rel, mix, w_cat * sign, use_batch_stats)
+        peaks = fused_stem_peaks if _fused_kernel_available(x) else _StemPeaks.apply
+        peak, y_sum, y_gram = peaks(pixels, bilinear, rel, mix, w_cat * sign, use_batch_stats)
         if use_batch_stats:
             count = pixels.shape[0] * pixels.shape[1]
             y_mean = y_sum / count  # (N, K), float64
@@ -294,39 +294,95 @@ class _StemPeaks(torch.autograd.Function):
         return (grad_pixels, *param_grads, None)
 
 
-def _fused_kernel(x: torch.Tensor):
-    """The C++ extension whose ``stem_forward``/``stem_backward`` run :class:`_StemPeaks` on CPU, or None."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return None
-    return cpu_fused.load_extension()
+def _traceable(x: torch.Tensor) -> bool:
+    """Whether the fused stem may run here: always in eager mode; while compiling only through the custom ops,
+    and never while exporting (torch.export, ONNX) or tracing, whose graphs must hold standard ops."""
+    if torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    return not torch.compiler.is_compiling() or _fused_kernel_available(x)
 
 
-class _StemPeaksFused(torch.autograd.Function):
+def _fused_kernel_available(x: torch.Tensor) -> bool:
+    """Whether the C++ extension (``stem_forward``/``stem_backward``) runs :class:`_StemPeaks` for ``x``."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _extension_loads()
+
+
+@torch._dynamo.assume_constant_result  # decided once, outside the graph: loading builds and imports the extension
+def _extension_loads() -> bool:
+    return cpu_fused.load_extension() is not None
+
+
+# The C++ stem kernel as PyTorch custom ops (as sasa.functional.cpu_fused does for the attention op): a fake
+# implementation gives the output shapes, the autograd formula calls the backward op, so torch.compile traces the
+# fused stem as one node (without it, a compiled sa_resnet26 ran the plain stem: its fwd+bwd alone took 152 ms
+# where the kernel takes 29 ms; batch 8, 112x112, 1 thread). The ops sum the kernel's per-chunk partials (the
+# chunk count follows the block count and is not a shape the callers need).
+@torch.library.custom_op("sasa::stem_peaks_forward", mutates_args=())
+def stem_peaks_forward(
+    pixels: torch.Tensor, bilinear: torch.Tensor, rel: torch.Tensor, mix: torch.Tensor, w_signed: torch.Tensor,
+    stats: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Contiguous :func:`_stem_chunk` inputs -> peak (N, M, D), Σ y (N, K) and Σ y yᵀ (N, K, K) in float64
+    (0-dim zeros without ``stats``)."""
+    peak, y_sum, y_gram = cpu_fused.load_extension().stem_forward(pixels, bilinear, rel, mix, w_signed, stats)
+    if stats:
+        return peak, y_sum.sum(0), y_gram.sum(0)
+    return peak, pixels.new_zeros((), dtype=torch.float64), pixels.new_zeros((), dtype=torch.float64)
+
+
+@stem_peaks_forward.register_fake
+def _(pixels, bilinear, rel, mix, w_signed, stats):
+    heads, dim, k = w_signed.shape
+    sum_shape, gram_shape = ((heads, k), (heads, k, k)) if stats else ((), ())
+    return (pixels.new_empty((heads, pixels.shape[0], dim)), pixels.new_empty(sum_shape, dtype=torch.float64),
+            pixels.new_empty(gram_shape, dtype=torch.float64))
+
+
+@torch.library.custom_op("sasa::stem_peaks_backward", mutates_args=())
+def stem_peaks_backward(
+    grad_peak: torch.Tensor, grad_sum: torch.Tensor, grad_gram: torch.Tensor, pixels: torch.Tensor,
+    bilinear: torch.Tensor, rel: torch.Tensor, mix: torch.Tensor, w_signed: torch.Tensor, stats: bool,
+    need_pixels: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> gradients of bilinear, rel, mix, w_signed and pixels (pixels': (0,) unless ``need_pixels``)."""
+    d_bilinear, d_rel, d_mix, d_w, d_pixels = cpu_fused.load_extension().stem_backward(
+        grad_peak.contiguous(), grad_sum, grad_gram, pixels, bilinear, rel, mix, w_signed, stats, need_pixels
+    )
+    return d_bilinear.sum(0), d_rel.sum(0), d_mix.sum(0), d_w.sum(0), d_pixels
+
+
+@stem_peaks_backward.register_fake
+def _(grad_peak, grad_sum, grad_gram, pixels, bilinear, rel, mix, w_signed, stats, need_pixels):
+    d_pixels = torch.empty_like(pixels) if need_pixels else pixels.new_empty((0,))
+    return (torch.empty_like(bilinear), torch.empty_like(rel), torch.empty_like(mix), torch.empty_like(w_signed),
+            d_pixels)
+
+
+def _save_stem_inputs(ctx, inputs, output) -> None:
+    *tensors, stats = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.stats = stats
+
+
+def _stem_peaks_backward(ctx, grad_peak, grad_sum, grad_gram):
+    need = ctx.needs_input_grad
+    heads, _, k = ctx.saved_tensors[-1].shape
+    shapes = ((heads, k), (heads, k, k)) if ctx.stats else ((), ())
+    # an output that reached no loss has no gradient: the kernel reads zeros instead
+    grad_sum, grad_gram = (g if g is not None else grad_peak.new_zeros(shape, dtype=torch.float64)
+                           for g, shape in zip((grad_sum, grad_gram), shapes))
+    d_bilinear, d_rel, d_mix, d_w, d_pixels = stem_peaks_backward(
+        grad_peak, grad_sum, grad_gram, *ctx.saved_tensors, ctx.stats, need[0]
+    )
+    grads = [g if wanted else None for g, wanted in zip((d_bilinear, d_rel, d_mix, d_w), need[1:5])]
+    return (d_pixels if need[0] else None, *grads, None)
+
+
+stem_peaks_forward.register_autograd(_stem_peaks_backward, setup_context=_save_stem_inputs)
+
+
+def fused_stem_peaks(pixels, bilinear, rel, mix, w_signed, stats: bool):
     """:class:`_StemPeaks` in the C++ kernel (``csrc/attention_stem_cpu.cpp``): one pass per block of pixels,
     the backward recomputes each block; reductions are summed from per-chunk partials (thread-count
     independent)."""
-
-    @staticmethod
-    def forward(ctx, pixels, bilinear, rel, mix, w_signed, stats: bool):
-        ext = cpu_fused.load_extension()
-        inputs = [t.contiguous() for t in (pixels, bilinear, rel, mix, w_signed)]
-        peak, y_sum, y_gram = ext.stem_forward(*inputs, stats)
-        if stats:
-            y_sum, y_gram = y_sum.sum(0), y_gram.sum(0)
-        else:
-            y_sum = y_gram = pixels.new_zeros((), dtype=torch.float64)
-        ctx.save_for_backward(*inputs)
-        ctx.stats = stats
-        return peak, y_sum, y_gram
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_peak, grad_sum, grad_gram):
-        inputs = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        d_bilinear, d_rel, d_mix, d_w, d_pixels = cpu_fused.load_extension().stem_backward(
-            grad_peak, grad_sum, grad_gram, *inputs, ctx.stats, need[0]
-        )
-        partials = (d_bilinear, d_rel, d_mix, d_w)
-        grads = [p.sum(0) if wanted else None for p, wanted in zip(partials, need[1:5])]
-        return (d_pixels if need[0] else None, *grads, None)
+    return stem_peaks_forward(*(t.contiguous() for t in (pixels, bilinear, rel, mix, w_signed)), stats)
