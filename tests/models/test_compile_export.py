@@ -29,13 +29,14 @@ def _fresh_dynamo():
 INDUCTOR_SHAPES = [(2, 3, 64, 96), (3, 3, 96, 64), (4, 3, 128, 96)]
 
 
-def _check_compiled_training(model, train_step, backend: str, shapes, atol=1e-4, rtol=1e-4) -> None:
+def _check_compiled_training(model, train_step, backend: str, shapes, atol=1e-4, rtol=1e-4,
+                             dtype=torch.float32) -> None:
     """Compiled train steps equal eager ones, and later batch/image sizes compile nothing new."""
     counter = CompileCounterWithBackend(backend)
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counter)
     compiles_after_first = None
     for shape in shapes:
-        x = torch.randn(*shape)
+        x = torch.randn(*shape, dtype=dtype)
         # eager first: einops registers its backends on first use, and dynamo guards on that registry
         want_out, want_grads = train_step(model, x)
         got_out, got_grads = train_step(compiled, x)
@@ -69,8 +70,11 @@ def test_compile_inductor_no_recompile_small(seeded_model, train_step):
 
 @pytest.mark.slow
 def test_compile_sa_resnet26_inductor(seeded_model, train_step):
-    model = seeded_model("sa_resnet26").train()
-    _check_compiled_training(model, train_step, "inductor", INDUCTOR_SHAPES, atol=1e-3, rtol=1e-3)
+    """float64: in float32, 5 of the 256 gradients of a stem per-position table (value_row/value_col) differed by
+    up to 3% between eager and compiled steps, most likely near-ties of the 4x4 max pool that float32 rounding
+    flips to another pixel; in float64 everything agrees to 1e-6."""
+    model = seeded_model("sa_resnet26").train().double()
+    _check_compiled_training(model, train_step, "inductor", INDUCTOR_SHAPES, atol=1e-6, rtol=1e-6, dtype=torch.float64)
 
 
 def _check_export(model, shapes):

@@ -324,7 +324,10 @@ def stem_peaks_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Contiguous :func:`_stem_chunk` inputs -> peak (N, M, D), Σ y (N, K) and Σ y yᵀ (N, K, K) in float64
     (0-dim zeros without ``stats``)."""
-    peak, y_sum, y_gram = cpu_fused.load_extension().stem_forward(pixels, bilinear, rel, mix, w_signed, stats)
+    # contiguous here, not (only) by the caller: inside a compiled graph the op receives whatever strides
+    # inductor chose, and the kernel reads raw memory
+    tensors = [t.contiguous() for t in (pixels, bilinear, rel, mix, w_signed)]
+    peak, y_sum, y_gram = cpu_fused.load_extension().stem_forward(*tensors, stats)
     if stats:
         return peak, y_sum.sum(0), y_gram.sum(0)
     return peak, pixels.new_zeros((), dtype=torch.float64), pixels.new_zeros((), dtype=torch.float64)
@@ -345,9 +348,8 @@ def stem_peaks_backward(
     need_pixels: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> gradients of bilinear, rel, mix, w_signed and pixels (pixels': (0,) unless ``need_pixels``)."""
-    d_bilinear, d_rel, d_mix, d_w, d_pixels = cpu_fused.load_extension().stem_backward(
-        grad_peak.contiguous(), grad_sum, grad_gram, pixels, bilinear, rel, mix, w_signed, stats, need_pixels
-    )
+    tensors = [t.contiguous() for t in (grad_peak, grad_sum, grad_gram, pixels, bilinear, rel, mix, w_signed)]
+    d_bilinear, d_rel, d_mix, d_w, d_pixels = cpu_fused.load_extension().stem_backward(*tensors, stats, need_pixels)
     return d_bilinear.sum(0), d_rel.sum(0), d_mix.sum(0), d_w.sum(0), d_pixels
 
 
@@ -385,4 +387,4 @@ def fused_stem_peaks(pixels, bilinear, rel, mix, w_signed, stats: bool):
     """:class:`_StemPeaks` in the C++ kernel (``csrc/attention_stem_cpu.cpp``): one pass per block of pixels,
     the backward recomputes each block; reductions are summed from per-chunk partials (thread-count
     independent)."""
-    return stem_peaks_forward(*(t.contiguous() for t in (pixels, bilinear, rel, mix, w_signed)), stats)
+    return stem_peaks_forward(pixels, bilinear, rel, mix, w_signed, stats)
