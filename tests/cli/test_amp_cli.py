@@ -1,20 +1,16 @@
 """`--amp` end to end for every model family: a short CLI training under autocast gives finite losses and
 metrics, and the run directory records the dtype (issue 12 item 4). On CUDA the same runs use the GPU."""
-import json
 import math
 
 import pytest
 import torch
 
 from sasa.cli.main import main
+from sasa.engine import RunDir
 from sasa.engine.trainer import amp_dtype
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CLASSIFIERS = ["resnet26", "sa_resnet26", "sa_resnet26_convstem", "axial_resnet26_s"]
-
-
-def _rows(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _assert_finite(row, keys):
@@ -31,7 +27,7 @@ def test_amp_classifier_trains_with_finite_losses(tmp_path, model, dtype, device
     assert main(["train", "--model", model, "--data", "digits", "--out", str(out), "--epochs", "1",
                  "--limit-train", "32", "--limit-val", "16", "--img-size", "32", "--batch-size", "16",
                  "--amp", "--amp-dtype", dtype, "--device", device, "--quiet"]) == 0
-    (row,) = _rows(out)
+    (row,) = RunDir(out).read_metrics()
     _assert_finite(row, ("train_loss", "val_loss", "val_top1"))
 
 
@@ -41,7 +37,7 @@ def test_amp_detector_with_attention_heads_trains_with_finite_losses(tmp_path, d
     assert main(["detect-train", "--model", "retinanet_sa_resnet26_attnhead", "--out", str(out), "--epochs", "1",
                  "--shapes-train", "8", "--shapes-val", "4", "--img-size", "64", "--batch-size", "4",
                  "--amp", "--device", device, "--quiet"]) == 0
-    (row,) = _rows(out)
+    (row,) = RunDir(out).read_metrics()
     _assert_finite(row, ("train_loss", "train_cls_loss", "train_box_loss"))
 
 

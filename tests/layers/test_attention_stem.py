@@ -149,7 +149,7 @@ def _peaks_inputs(dtype, heads, dim, mixtures, blocks=70, block=16, constant_blo
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("heads,dim,mixtures,stats", [(1, 64, 4, True), (1, 64, 4, False), (2, 8, 3, True), (3, 5, 1, False)])
 def test_cpu_kernel_matches_the_chunked_stem(isa, dtype, heads, dim, mixtures, stats):
-    """The C++ stem kernel (fused_stem_peaks; (1, 64, 4) is its specialised default stem) gives _StemPeaks' values
+    """The C++ stem kernel (stem_peaks_forward; (1, 64, 4) is its specialised default stem) gives _StemPeaks' values
     and gradients, ties of the max pool included (split evenly as amax's backward)."""
     from sasa.functional import cpu_fused
     from sasa.layers import attention_stem
@@ -162,7 +162,7 @@ def test_cpu_kernel_matches_the_chunked_stem(isa, dtype, heads, dim, mixtures, s
     if isa == "baseline":
         ext.limit_isa("baseline")
     try:
-        got = attention_stem.fused_stem_peaks(*inputs, stats)
+        got = attention_stem.stem_peaks_forward(*inputs, stats)
     finally:
         ext.limit_isa("avx512")
     want = attention_stem._StemPeaks.apply(*inputs, stats)

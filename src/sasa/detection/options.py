@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from sasa.detection.config import DETECTOR_CONFIGS
+from sasa.detection.config import DETECTOR_CONFIGS, HEAD_INITS
 from sasa.detection.model import resolve_detector_config
 from sasa.detection.transforms import DEFAULT_SCALE_RANGE
 from sasa.engine.options import NON_NEGATIVE, POSITIVE, flag_name, option
@@ -42,7 +42,7 @@ class DetectionOptions(TrainConfig):
                                         "attention logits, leaving q·r (not the paper's detector)")
     head_init: str | None = option(None, "--head attention: neighbours starts head n of each FPN/head attention "
                                    "attending to the n-th neighbour of a 3x3 window (not the paper's); paper",
-                                   choices=("paper", "neighbours"))
+                                   choices=HEAD_INITS)
     fpn_norm: str | None = option(None, "GroupNorm after each FPN layer (group; not the paper's form) or none",
                                   choices=("none", "group"))
     kernel_size: int | None = option(None, "attention window of backbone and heads", check=POSITIVE)

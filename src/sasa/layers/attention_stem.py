@@ -162,7 +162,7 @@ class AttentionStem(nn.Module):
           (= one pool window) commutes with them: max_p relu(a·out_p + b) = relu(|a|·max_p(sign(a)·out_p) + b).
           sign(a) = sign(γ) is known before the statistics, so it is folded into W_cat.
         The block attention runs in chunks of blocks (:class:`_StemPeaks`; on CPU the C++ kernel,
-        :func:`fused_stem_peaks`): no full-resolution tensor is allocated or saved, and the backward recomputes
+        :func:`stem_peaks_forward`): no full-resolution tensor is allocated or saved, and the backward recomputes
         each chunk.
         """
         s, n, dim = self.block_size, self.num_heads, self.head_dim
@@ -179,7 +179,7 @@ class AttentionStem(nn.Module):
         bn = self.bn
         sign = torch.where(bn.weight.detach() < 0, -1.0, 1.0).to(x.dtype).view(n, dim, 1)
         use_batch_stats = self.training or bn.running_mean is None
-        peaks = fused_stem_peaks if _fused_kernel_available(x) else _StemPeaks.apply
+        peaks = stem_peaks_forward if _fused_kernel_available(x) else _StemPeaks.apply
         peak, y_sum, y_gram = peaks(pixels, bilinear, rel, mix, w_cat * sign, use_batch_stats)
         if use_batch_stats:
             count = pixels.shape[0] * pixels.shape[1]
@@ -322,7 +322,9 @@ def stem_peaks_forward(
     pixels: torch.Tensor, bilinear: torch.Tensor, rel: torch.Tensor, mix: torch.Tensor, w_signed: torch.Tensor,
     stats: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Contiguous :func:`_stem_chunk` inputs -> peak (N, M, D), Σ y (N, K) and Σ y yᵀ (N, K, K) in float64
+    """:class:`_StemPeaks` in the C++ kernel (``csrc/attention_stem_cpu.cpp``): one pass per block of pixels,
+    the backward recomputes each block; reductions are summed from per-chunk partials (thread-count
+    independent). :func:`_stem_chunk`'s inputs -> peak (N, M, D), Σ y (N, K) and Σ y yᵀ (N, K, K) in float64
     (0-dim zeros without ``stats``)."""
     # contiguous here, not (only) by the caller: inside a compiled graph the op receives whatever strides
     # inductor chose, and the kernel reads raw memory
@@ -382,9 +384,3 @@ def _stem_peaks_backward(ctx, grad_peak, grad_sum, grad_gram):
 
 stem_peaks_forward.register_autograd(_stem_peaks_backward, setup_context=_save_stem_inputs)
 
-
-def fused_stem_peaks(pixels, bilinear, rel, mix, w_signed, stats: bool):
-    """:class:`_StemPeaks` in the C++ kernel (``csrc/attention_stem_cpu.cpp``): one pass per block of pixels,
-    the backward recomputes each block; reductions are summed from per-chunk partials (thread-count
-    independent)."""
-    return stem_peaks_forward(pixels, bilinear, rel, mix, w_signed, stats)
