@@ -185,3 +185,27 @@ def test_item28_a_last_training_batch_of_one_image_is_dropped_with_a_warning(tmp
         odd = make_loader(torch.utils.data.Subset(data, range(5)), batch_size=2, train=True, ctx=ctx, drop_last=False)
     for x, _ in odd:
         bn(x)  # batches of 2 and 2, the one left is dropped: BatchNorm trains on each
+
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])
+def test_optimizer_is_fused_on_cpu_and_steps_like_the_unfused_one(opt):
+    from sasa.engine.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    fused_model, plain_model = nn.Linear(5, 3), nn.Linear(5, 3)
+    plain_model.load_state_dict(fused_model.state_dict())
+    fused = build_optimizer(fused_model, TrainConfig(lr=0.1, opt=opt, weight_decay=0.01))
+    assert all(group["fused"] for group in fused.param_groups)
+    twin = dict(zip(fused_model.parameters(), plain_model.parameters()))
+    plain_groups = [{**group, "params": [twin[p] for p in group["params"]], "fused": None, "foreach": False}
+                    for group in fused.param_groups]
+    plain = type(fused)(plain_groups)
+    x = torch.randn(8, 5)
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(x).square().sum().backward()
+            optimizer.step()
+    for fused_param, plain_param in twin.items():
+        torch.testing.assert_close(fused_param, plain_param, rtol=1e-5, atol=1e-6)
