@@ -75,3 +75,4 @@ def test_option_comparison_is_flat_and_ignores_the_backend():
     legacy.update({"attention": None, "backend": "reference"})
     assert _weight_options(legacy) == grouped
     assert grouped["kernel_size"] == 7 and "backend" not in grouped
+    assert "stem_init" not in grouped  # an init does not change what loaded weights compute

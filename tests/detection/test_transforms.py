@@ -137,3 +137,53 @@ def test_head_options_from_flags_to_checkpoint(tmp_path):
     assert not loaded.config.head_content and loaded.config.head_init == "neighbours"
     for got, want in zip(loaded.state_dict().values(), model.state_dict().values()):
         torch.testing.assert_close(got, want)
+
+
+def test_shapes_recipe_starts_attention_stems_as_patch_embeddings():
+    """On shapes, detectors whose backbone has the attention stem take ATTENTION_STEM_RECIPES (from scratch only);
+    conv stems, the coco recipe, --backbone-weights and a given --backbone-opt are untouched."""
+    from sasa.detection.options import ATTENTION_STEM_RECIPES, resolve_options
+
+    patchify = ATTENTION_STEM_RECIPES["shapes"]["backbone_opt"]
+    for given in ({"model": "retinanet_sa_resnet26_attnhead"}, {"model": "retinanet_sa_resnet26"},
+                  {"model": "retinanet_resnet26", "backbone": "sa_resnet38"}):
+        options = resolve_options({"data": "shapes", **given})
+        assert options.backbone_opt == patchify
+        detector = create_detector(options.model, num_classes=3, **{**options.detector_overrides(), "fpn_channels": 32})
+        stem = detector.backbone.body.stem
+        assert stem.init == "patchify" and stem.num_value_mixtures == 16
+        assert detector.backbone.body.config.stem_init == "patchify"
+    for given in ({"model": "retinanet_resnet26"}, {"model": "retinanet_sa_resnet26_convstem_attnhead"},
+                  {"model": "retinanet_sa_resnet26", "backbone_weights": "cls.safetensors"}):
+        options = resolve_options({"data": "shapes", **given})
+        assert options.backbone_opt is None and "backbone_options" not in options.detector_overrides()
+    mine = resolve_options({"data": "shapes", "model": "retinanet_sa_resnet26", "backbone_opt": {"stem_init": "paper"}})
+    assert mine.detector_overrides()["backbone_options"] == {"stem_init": "paper"}
+    paths = {"images": "i", "ann": "a.json", "val_images": "v", "val_ann": "v.json"}
+    assert resolve_options({"data": "coco", **paths}).backbone_opt is None  # the paper's stem
+
+
+def test_backbone_options_are_checked_and_rebuilt_from_the_stored_config():
+    import dataclasses
+
+    from sasa.cli.main import build_parser
+    from sasa.detection.options import resolve_options
+    from sasa.errors import UserError
+
+    args = build_parser().parse_args(["detect-train", "--out", "r", "--backbone-opt", "stem_init=paper",
+                                      "--backbone-opt", "stem_value_mixtures=8"])
+    assert args.backbone_opt == {"stem_init": "paper", "stem_value_mixtures": 8}
+    with pytest.raises(ValueError, match="backbone_options of 'sa_resnet26': stem_init='patchify' needs"):
+        resolve_detector_config("retinanet_sa_resnet26", backbone_options={"stem_init": "patchify"})
+    with pytest.raises(ValueError, match="other than attention"):
+        resolve_detector_config("retinanet_sa_resnet26", backbone_options={"attention": {"kernel_size": 5}})
+    with pytest.raises(TypeError, match="backbone_options of 'resnet26'.*no_such_field"):
+        resolve_detector_config("retinanet_resnet26", backbone_options={"no_such_field": 1})
+    with pytest.raises(UserError, match="stem_init must be one of"):
+        resolve_options({"model": "retinanet_sa_resnet26", "backbone_opt": {"stem_init": "nope"}})
+    # checkpoints store dataclasses.asdict(config) and load_checkpoint rebuilds the detector from it
+    config = resolve_detector_config("retinanet_sa_resnet26", fpn_channels=32,
+                                     backbone_options={"stem_init": "patchify", "stem_value_mixtures": 16})
+    stored = dataclasses.asdict(config)
+    assert stored["backbone_options"] == {"stem_init": "patchify", "stem_value_mixtures": 16}
+    assert create_detector("retinanet_sa_resnet26", num_classes=3, **stored).backbone.body.stem.num_value_mixtures == 16

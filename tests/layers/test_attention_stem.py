@@ -53,6 +53,35 @@ def test_bad_options():
         AttentionStem(3, 16, num_value_mixtures=0)
 
 
+def test_patchify_init_starts_as_a_linear_patch_embedding():
+    """init="patchify": every pixel of a block outputs Σ_(a,b) W_V^(a,b) x_ab / 16 (uniform attention, one value
+    matrix per position up to p ≈ 0.985), so the pooled stem is BN + ReLU of a 4×4 stride-4 convolution."""
+    torch.manual_seed(0)
+    stem = AttentionStem(3, 16, num_value_mixtures=16, init="patchify").double().train()
+    mix = stem.mixture_weights().reshape(16, 16)
+    assert mix.diagonal().min() > 0.98
+    x = torch.randn(2, 3, 8, 12, dtype=torch.float64)
+    own_matrix = stem.values.detach()  # as if p were exactly one-hot: (16 positions, C_out, C_in)
+    kernel = own_matrix.reshape(4, 4, 16, 3).permute(2, 3, 0, 1) / 16  # (C_out, C_in, a, b)
+    patch_embedding = torch.nn.functional.conv2d(x, kernel, stride=4)
+    attended = stem.attend(x)
+    assert torch.equal(attended, attended[..., ::4, ::4].repeat_interleave(4, -2).repeat_interleave(4, -1))
+    torch.testing.assert_close(attended[..., ::4, ::4], patch_embedding, atol=0.05 * patch_embedding.abs().max().item(), rtol=0)
+    exact = torch.einsum("pm,moc->poc", mix, stem.values).reshape(4, 4, 16, 3).permute(2, 3, 0, 1) / 16
+    torch.testing.assert_close(attended[..., ::4, ::4], torch.nn.functional.conv2d(x, exact, stride=4))
+    bn = torch.nn.functional.batch_norm(attended, None, None, training=True, eps=stem.bn.eps)
+    torch.testing.assert_close(stem(x), torch.relu(bn)[..., ::4, ::4], atol=1e-7, rtol=1e-7)
+
+
+def test_patchify_init_needs_one_value_matrix_per_position():
+    with pytest.raises(ValueError, match="num_value_mixtures=16.*got values='spatially-aware', num_value_mixtures=4"):
+        AttentionStem(3, 16, init="patchify")
+    with pytest.raises(ValueError, match="got values='plain'"):
+        AttentionStem(3, 16, num_value_mixtures=16, values="plain", init="patchify")
+    with pytest.raises(ValueError, match=r"init must be one of \('paper', 'patchify'\), got 'conv'"):
+        AttentionStem(3, 16, init="conv")
+
+
 def brute_force_stem_attention(stem: AttentionStem, x: torch.Tensor) -> torch.Tensor:
     """The definition, pixel by pixel: spatially-aware values, q·k + q·cat(row[Δa], col[Δc]), in-image keys only."""
     s, heads, dim = stem.block_size, stem.num_heads, stem.head_dim
@@ -147,7 +176,7 @@ def _peaks_inputs(dtype, heads, dim, mixtures, blocks=70, block=16, constant_blo
 
 @pytest.mark.parametrize("isa", ["native", "baseline"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("heads,dim,mixtures,stats", [(1, 64, 4, True), (1, 64, 4, False), (2, 8, 3, True), (3, 5, 1, False)])
+@pytest.mark.parametrize("heads,dim,mixtures,stats", [(1, 64, 4, True), (1, 64, 4, False), (2, 8, 3, True), (3, 5, 1, False), (1, 64, 16, True)])
 def test_cpu_kernel_matches_the_chunked_stem(isa, dtype, heads, dim, mixtures, stats):
     """The C++ stem kernel (stem_peaks_forward; (1, 64, 4) is its specialised default stem) gives _StemPeaks' values
     and gradients, ties of the max pool included (split evenly as amax's backward)."""

@@ -15,6 +15,7 @@ from sasa.functional._checks import check_integer
 from sasa.layers import SPATIAL_MIXERS, AttentionConfig, get_spatial_mixer
 from sasa.layers.spatial import resolve_mixer_options
 from sasa.models import list_models
+from sasa.models.registry import resolve_config
 from sasa.registry import unknown_name_error
 
 HEAD_NORMS = ("group", "none")
@@ -36,6 +37,8 @@ class DetectorConfig:
     """
 
     backbone: str = "resnet50"  # any registered classification model
+    # ResNetConfig fields of the backbone other than its attention options (e.g. stem_init); None: the model's
+    backbone_options: Any = None
     head: str = "conv"  # spatial mixer of the FPN output convs and the 4+4 head convs ("conv", "attention", ...)
     # options of every local-attention layer of the detector: the heads' (when head uses them) and the
     # backbone's (when its spatial mixer takes the same options type); None: defaults; a dict is converted
@@ -109,6 +112,14 @@ class DetectorConfig:
         for name in ("head_residual", "readout_residual", "head_content"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.backbone_options is not None:
+            if not isinstance(self.backbone_options, dict) or "attention" in self.backbone_options:
+                raise ValueError(f"backbone_options must be a dict of ResNetConfig fields other than attention "
+                                 f"(the detector's attention options reach the backbone), got {self.backbone_options!r}")
+            try:
+                resolve_config(self.backbone, **self.backbone_options)
+            except (ValueError, TypeError) as error:
+                raise type(error)(f"backbone_options of {self.backbone!r}: {error}") from None
 
 
     def head_attention(self) -> Any:

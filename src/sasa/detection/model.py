@@ -84,7 +84,8 @@ def build_backbone_with_fpn(config: DetectorConfig) -> BackboneWithFPN:
     """C3, C4, C5 of the ResNet (``layer2..layer4``) -> FPN P3..P5, plus P6, P7 from P5."""
     # the detector's attention options apply to the backbone too when its mixer takes the same options type
     shared = type(resolve_config(config.backbone).attention) is type(config.attention)
-    resnet = create_model(config.backbone, num_classes=0, attention=config.attention if shared else None)
+    resnet = create_model(config.backbone, num_classes=0, attention=config.attention if shared else None,
+                          **(config.backbone_options or {}))
     channels = [width * resnet.config.expansion for width in resnet.config.widths[1:]]
     extra = LastLevelP6P7(config.fpn_channels, config.fpn_channels)
     backbone = BackboneWithFPN(
@@ -258,7 +259,8 @@ def profile_detector(name: str, *, img_size: int, num_classes: int = 80, full_fo
 
 def _weight_options(options) -> dict:
     """Backbone options as flat JSON values: nested option objects (``attention``) merged in, unset (None)
-    values and ``backend`` (how attention runs, not what it computes) left out. Flat, so that checkpoints
+    values, ``backend`` (how attention runs, not what it computes) and ``stem_init`` (loaded weights replace
+    the init) left out. Flat, so that checkpoints
     written before the options were grouped compare equal."""
     if dataclasses.is_dataclass(options):
         options = json.loads(json.dumps(dataclasses.asdict(options)))
@@ -266,7 +268,7 @@ def _weight_options(options) -> dict:
     for key, value in options.items():
         if isinstance(value, dict):
             flat.update(_weight_options(value))
-        elif value is not None and key != "backend":
+        elif value is not None and key not in ("backend", "stem_init"):
             flat[key] = value
     return flat
 

@@ -10,6 +10,8 @@ from sasa.detection.model import resolve_detector_config
 from sasa.detection.transforms import DEFAULT_SCALE_RANGE
 from sasa.engine.options import NON_NEGATIVE, POSITIVE, flag_name, option
 from sasa.engine.trainer import TrainConfig
+from sasa.models import list_models
+from sasa.models.registry import resolve_config
 from sasa.errors import UserError
 
 COCO_PATHS = ("images", "ann", "val_images", "val_ann")
@@ -51,6 +53,9 @@ class DetectionOptions(TrainConfig):
     model_opt: dict | None = option(
         None, "detector config override, repeatable: --model-opt head_residual=True (any DetectorConfig or "
               "AttentionConfig field)")
+    backbone_opt: dict | None = option(
+        None, "backbone config override, repeatable: --backbone-opt stem_init=paper (any ResNetConfig field but "
+              "attention; docs/models.md)")
     img_size: int = option(96, "shapes image size and default --min/--max-size", check=POSITIVE)
     min_size: int | None = option(None, "resize so the short side is this (default --img-size)", check=POSITIVE)
     max_size: int | None = option(None, "... and the long side at most this (default --img-size)", check=POSITIVE)
@@ -87,11 +92,17 @@ class DetectionOptions(TrainConfig):
         head = given.get("head") or (config.head if config else "conv")
         if head != "conv":
             fitted.update(ATTENTION_HEAD_RECIPES.get(self.data, {}))
+        backbone = given.get("backbone") or (config.backbone if config else None)
+        # with --backbone-weights the classifier's stem (and its options) is what the detector starts from
+        if backbone in list_models() and resolve_config(backbone).stem == "attention" and not given.get("backbone_weights"):
+            fitted.update(ATTENTION_STEM_RECIPES.get(self.data, {}))
         return fitted
 
     def detector_overrides(self) -> dict[str, Any]:
         """The :class:`~sasa.detection.DetectorConfig` values these options set (flags over --model-opt)."""
         flags = {key: getattr(self, key) for key in DETECTOR_FIELDS if getattr(self, key) is not None}
+        if self.backbone_opt is not None:
+            flags["backbone_options"] = {**(self.model_opt or {}).get("backbone_options", {}), **self.backbone_opt}
         return {**(self.model_opt or {}), **flags,
                 "min_size": self.min_size or self.img_size, "max_size": self.max_size or self.img_size}
 
@@ -129,9 +140,18 @@ RECIPES: dict[str, DetectionOptions] = {
 
 # On shapes, attention FPN/heads (head != "conv") learn only with these changes (none is the paper's; README
 # "what made the attention heads learn"): q·r logits without q·k, the conv-like neighbour start, 3× the lr
-# (conv heads: no change at 3e-3) and a longer schedule that still fits 30 CPU minutes.
+# (conv heads: no change at 3e-3) and a longer schedule that still fits 30 CPU minutes: 36 epochs, because the
+# full-attention detector (16-matrix patchify stem) trains at 43 s per epoch on the idle 2-core machine.
 ATTENTION_HEAD_RECIPES: dict[str, dict[str, Any]] = {
-    "shapes": dict(head_content=False, head_init="neighbours", lr=3e-3, epochs=40),
+    "shapes": dict(head_content=False, head_init="neighbours", lr=3e-3, epochs=36),
+}
+
+
+# On shapes, attention-stem backbones (sa_resnet*) start their stem as a linear 4×4 patch embedding
+# (AttentionStem.patchify_, 16 value matrices; not the paper's init): README "what made the full-attention
+# detector learn". From scratch only: with --backbone-weights the classifier's stem is loaded.
+ATTENTION_STEM_RECIPES: dict[str, dict[str, Any]] = {
+    "shapes": dict(backbone_opt={"stem_init": "patchify", "stem_value_mixtures": 16}),
 }
 
 

@@ -11,6 +11,7 @@ from sasa.functional import cpu_fused
 from sasa.layers.relative_position import RelativePositionEmbedding2d
 
 STEM_VALUE_KINDS = ("spatially-aware", "plain", "conv")  # paper Table 7
+STEM_INITS = ("paper", "patchify")
 
 
 class AttentionStem(nn.Module):
@@ -26,6 +27,12 @@ class AttentionStem(nn.Module):
     q·k = x_iᵀ (W_Qᵀ W_K) x_j and q·r = x_i · (W_Qᵀ r) are exact re-associations with C_in×C_in and
     C_in×(2s−1) matrices, the mixture Σ_m p(a, b, m) W_V^m is folded into one matrix per in-block
     position, and everything runs in a blocked layout (B, blocks, s², C) built from the input.
+
+    ``init="patchify"`` (not the paper's; needs ``num_value_mixtures == block_size²``) starts the layer as a
+    linear 4×4 patch embedding: zero queries (uniform attention over the block, so every pixel of a block
+    outputs the same average and the max pool returns it) and mixture weights p(a, b, ·) peaked (≈ 0.98) on
+    value matrix a·s + b, so the block's output is Σ_(a,b) W_V^(a,b) x_ab / s², a full-rank 4×4 stride-4
+    convolution. With random mixtures the start is nearly a 4×4 average pool: the block's detail is lost.
     """
 
     def __init__(
@@ -38,6 +45,7 @@ class AttentionStem(nn.Module):
         num_value_mixtures: int = 4,
         pool_size: int = 4,
         values: str = "spatially-aware",
+        init: str = "paper",
     ) -> None:
         super().__init__()
         if out_channels % num_heads or out_channels % 2:
@@ -46,6 +54,14 @@ class AttentionStem(nn.Module):
             raise ValueError(f"num_value_mixtures must be >= 1, got {num_value_mixtures}")
         if values not in STEM_VALUE_KINDS:
             raise ValueError(f"values must be one of {STEM_VALUE_KINDS}, got {values!r}")
+        if init not in STEM_INITS:
+            raise ValueError(f"init must be one of {STEM_INITS}, got {init!r}")
+        if init == "patchify" and (values != "spatially-aware" or num_value_mixtures != block_size**2):
+            raise ValueError(f"init='patchify' needs spatially-aware values with one value matrix per block position "
+                             f"(num_value_mixtures={block_size**2}), got values={values!r}, "
+                             f"num_value_mixtures={num_value_mixtures}")
+        if init == "patchify" and out_channels < 2 * block_size:
+            raise ValueError(f"init='patchify' needs out_channels >= 2 * block_size ({2 * block_size}), got {out_channels}")
         if values != "spatially-aware":
             num_value_mixtures = 1  # one value projection (plain), or none at all (conv)
         self.values_kind = values
@@ -66,6 +82,9 @@ class AttentionStem(nn.Module):
             self.value_col = nn.Parameter(torch.randn(block_size, out_channels))
             self.value_mix = nn.Parameter(torch.randn(num_value_mixtures, out_channels) * out_channels**-0.5)
         self.rel_pos = RelativePositionEmbedding2d(out_channels, 2 * block_size - 1)
+        self.init = init
+        if init == "patchify":
+            self.patchify_()
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(pool_size, pool_size, ceil_mode=True)
@@ -74,6 +93,26 @@ class AttentionStem(nn.Module):
         s2 = block_size * block_size
         self.register_buffer("_row_offset", offset[:, None, :, None].expand(-1, block_size, -1, block_size).reshape(s2, s2), persistent=False)
         self.register_buffer("_col_offset", offset[None, :, None, :].expand(block_size, -1, block_size, -1).reshape(s2, s2), persistent=False)
+
+    @torch.no_grad()
+    def patchify_(self, *, peak: float = 6.0) -> None:
+        """Start as a linear patch embedding (class docstring): zero queries, p(a, b, ·) peaked on matrix a·s + b.
+
+        Row a's embedding is ``peak`` in channel a, column b's ``peak`` in channel s + b, and ν^(a', b') is 1 in
+        channels a' and s + b': the logit of matrix (a', b') at (a, b) is peak·([a = a'] + [b = b']), so
+        p = e^(2·peak) / (e^(2·peak) + 2(s-1)·e^peak + (s-1)²) ≈ 0.98 on the pixel's own matrix at peak 6.
+        """
+        s = self.block_size
+        self.query.zero_()
+        self.value_row.zero_()
+        self.value_col.zero_()
+        self.value_mix.zero_()
+        positions = torch.arange(s)
+        self.value_row[positions, positions] = peak
+        self.value_col[positions, s + positions] = peak
+        matrix = torch.arange(s * s)
+        self.value_mix[matrix, matrix // s] = 1.0
+        self.value_mix[matrix, s + matrix % s] = 1.0
 
     def mixture_weights(self) -> torch.Tensor:
         """(block, block, m): p(a, b, m), the softmax over the m value matrices per in-block position."""

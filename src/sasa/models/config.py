@@ -6,6 +6,7 @@ from typing import Any
 
 from sasa.functional._checks import check_integer
 from sasa.layers import SPATIAL_MIXERS, AttentionConfig, AxialConfig, get_spatial_mixer
+from sasa.layers.attention_stem import STEM_INITS
 from sasa.layers.spatial import resolve_mixer_options
 
 BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
@@ -63,6 +64,9 @@ class ResNetConfig:
     # attention stem only: "spatially-aware" (m value matrices mixed by position), "plain" (one value
     # projection) or "conv" (values from a 4×4 convolution) — paper Table 7
     stem_values: str = "spatially-aware"
+    # attention stem only: "paper" (random init) or "patchify" (not the paper's; needs stem_value_mixtures=16):
+    # the stem starts as a linear 4×4 stride-4 patch embedding (AttentionStem.patchify_)
+    stem_init: str = "paper"
     zero_init_residual: bool = False
     drop_rate: float = 0.0
 
@@ -78,6 +82,13 @@ class ResNetConfig:
         set_("mixer_stages", _stages(self.mixer_stages))
         if self.stem_values not in STEM_VALUES:
             raise ValueError(f"stem_values must be one of {STEM_VALUES}, got {self.stem_values!r}")
+        if self.stem_init not in STEM_INITS:
+            raise ValueError(f"stem_init must be one of {STEM_INITS}, got {self.stem_init!r}")
+        if self.stem == "attention" and self.stem_init == "patchify" and (
+                self.stem_values != "spatially-aware" or self.stem_value_mixtures != 16):
+            raise ValueError("stem_init='patchify' needs stem_values='spatially-aware' and stem_value_mixtures=16 (one "
+                             f"value matrix per 4×4 block position), got stem_values={self.stem_values!r}, "
+                             f"stem_value_mixtures={self.stem_value_mixtures}")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.spatial not in SPATIAL_MIXERS:

@@ -80,7 +80,7 @@ class ResNet(nn.Module):
         elif config.stem == "attention":
             self.stem = AttentionStem(
                 in_chans, config.stem_channels, num_heads=config.stem_heads,
-                num_value_mixtures=config.stem_value_mixtures, values=config.stem_values,
+                num_value_mixtures=config.stem_value_mixtures, values=config.stem_values, init=config.stem_init,
             )
         else:  # "blocks": the stand-alone stem of Full Axial-Attention (SPEC §8)
             width, out = config.stem_channels, config.stem_channels * config.expansion
