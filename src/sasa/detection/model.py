@@ -260,8 +260,7 @@ def profile_detector(name: str, *, img_size: int, num_classes: int = 80, full_fo
 def _weight_options(options) -> dict:
     """Backbone options as flat JSON values: nested option objects (``attention``) merged in, unset (None)
     values, ``backend`` (how attention runs, not what it computes) and ``stem_init`` (loaded weights replace
-    the init) left out. Flat, so that checkpoints
-    written before the options were grouped compare equal."""
+    the init) left out. Flat, so that checkpoints written before the options were grouped compare equal."""
     if dataclasses.is_dataclass(options):
         options = json.loads(json.dumps(dataclasses.asdict(options)))
     flat = {}

@@ -10,9 +10,9 @@ from sasa.detection.model import resolve_detector_config
 from sasa.detection.transforms import DEFAULT_SCALE_RANGE
 from sasa.engine.options import NON_NEGATIVE, POSITIVE, flag_name, option
 from sasa.engine.trainer import TrainConfig
+from sasa.errors import UserError
 from sasa.models import list_models
 from sasa.models.registry import resolve_config
-from sasa.errors import UserError
 
 COCO_PATHS = ("images", "ann", "val_images", "val_ann")
 SHAPES_FIELDS = ("shapes_train", "shapes_val", "shapes_seed")
@@ -141,7 +141,7 @@ RECIPES: dict[str, DetectionOptions] = {
 # On shapes, attention FPN/heads (head != "conv") learn only with these changes (none is the paper's; README
 # "what made the attention heads learn"): q·r logits without q·k, the conv-like neighbour start, 3× the lr
 # (conv heads: no change at 3e-3) and a longer schedule that still fits 30 CPU minutes: 36 epochs, because the
-# full-attention detector (16-matrix patchify stem) trains at 43 s per epoch on the idle 2-core machine.
+# full-attention detector (16-matrix patchify stem) takes about 40 s per epoch on the idle 2-core machine.
 ATTENTION_HEAD_RECIPES: dict[str, dict[str, Any]] = {
     "shapes": dict(head_content=False, head_init="neighbours", lr=3e-3, epochs=36),
 }

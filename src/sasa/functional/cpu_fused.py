@@ -3,7 +3,8 @@
 The extension (``csrc/local_attention_cpu.cpp``, plus ``csrc/attention_stem_cpu.cpp``: the attention stem's
 block attention, used by ``sasa.layers.attention_stem``) is JIT-compiled with
 :func:`torch.utils.cpp_extension.load` on first use and cached in
-``$TORCH_EXTENSIONS_DIR/sasa_local_attention_cpu_<tag>`` (default
+``$TORCH_EXTENSIONS_DIR/sasa_local_attention_cpu_<tag>`` (tag: Python, torch and a hash of the sources, which
+are built from copies in that directory, so checkouts with the same sources share one build; default
 ``~/.cache/sasa/torch_extensions``; ``SASA_EXTENSIONS_DIR`` overrides it for sasa only).
 Concurrent processes (pytest workers, torchrun ranks) serialise on an OS-level
 ``flock`` in that directory, released by the kernel if the holder dies, on top of the
@@ -28,6 +29,7 @@ Its speed against the 3×3 conv and the reference is printed by ``benchmarks/ben
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import sys
 import threading
@@ -51,10 +53,29 @@ _EXT_LOCK = threading.Lock()
 
 
 def _build_directory() -> Path:
+    """One directory per Python, torch and source content: checkouts with other sources never rebuild each other's."""
     root = env.extensions_root()
     torch_tag = torch.__version__.replace("+", "_").replace(".", "_")
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch_tag}"
+    digest = hashlib.sha256(b"".join(source.name.encode() + source.read_bytes() for source in _SOURCES)).hexdigest()
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch_tag}_{digest[:12]}"
     return root / f"sasa_local_attention_cpu_{tag}"
+
+
+def _staged_sources(directory: Path) -> list[Path]:
+    """Copies of the sources inside ``directory`` (rewritten only when they differ), so that every checkout
+    with these sources builds from the same paths: ninja then finds the build current instead of rebuilding
+    because the source paths in its commands changed."""
+    staged = []
+    for source in _SOURCES:
+        target = directory / "src" / source.name
+        content = source.read_bytes()
+        if not target.exists() or target.read_bytes() != content:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            partial.write_bytes(content)
+            partial.replace(target)
+        staged.append(target)
+    return staged
 
 
 @contextlib.contextmanager
@@ -91,7 +112,7 @@ def _build() -> Any:
     with _process_lock(directory):
         return cpp_extension.load(
             name="sasa_local_attention_cpu",
-            sources=[str(source) for source in _SOURCES],
+            sources=[str(source) for source in _staged_sources(directory)],
             extra_cflags=_CFLAGS,
             extra_ldflags=_LDFLAGS,
             build_directory=str(directory),
