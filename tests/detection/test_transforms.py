@@ -159,6 +159,9 @@ def test_shapes_recipe_starts_attention_stems_as_patch_embeddings():
         assert options.backbone_opt is None and "backbone_options" not in options.detector_overrides()
     mine = resolve_options({"data": "shapes", "model": "retinanet_sa_resnet26", "backbone_opt": {"stem_init": "paper"}})
     assert mine.detector_overrides()["backbone_options"] == {"stem_init": "paper"}
+    unset = resolve_options({"model": "retinanet_sa_resnet26", "model_opt": {"backbone_options": None},
+                             "backbone_opt": {"stem_init": "paper"}})
+    assert unset.detector_overrides()["backbone_options"] == {"stem_init": "paper"}
     paths = {"images": "i", "ann": "a.json", "val_images": "v", "val_ann": "v.json"}
     assert resolve_options({"data": "coco", **paths}).backbone_opt is None  # the paper's stem
 

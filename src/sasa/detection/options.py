@@ -102,7 +102,7 @@ class DetectionOptions(TrainConfig):
         """The :class:`~sasa.detection.DetectorConfig` values these options set (flags over --model-opt)."""
         flags = {key: getattr(self, key) for key in DETECTOR_FIELDS if getattr(self, key) is not None}
         if self.backbone_opt is not None:
-            flags["backbone_options"] = {**(self.model_opt or {}).get("backbone_options", {}), **self.backbone_opt}
+            flags["backbone_options"] = {**((self.model_opt or {}).get("backbone_options") or {}), **self.backbone_opt}
         return {**(self.model_opt or {}), **flags,
                 "min_size": self.min_size or self.img_size, "max_size": self.max_size or self.img_size}
 

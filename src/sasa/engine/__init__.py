@@ -38,9 +38,9 @@ Modules:
 * :mod:`~sasa.engine.progress` -- :class:`ProgressReporter`: tqdm bar per epoch on a TTY, plain lines
   otherwise, nothing but the per-epoch summary line with ``quiet``; silent on ranks other than 0.
 * :mod:`~sasa.engine.trainer` -- :class:`TrainConfig`, :class:`StepResult`, :class:`Task`,
-  :class:`Trainer`, and the pieces: ``build_optimizer`` (SGD-Nesterov/AdamW, PyTorch's fused kernels on CPU/CUDA, no decay on norms and
-  biases), ``build_scheduler`` (timm CosineLRScheduler with linear warm-up, per step or epoch),
-  ``autocast_factory`` (bf16 on CPU, fp16 on CUDA), ``seed_everything``, ``rng_state``.
+  :class:`Trainer`, and the pieces: ``build_optimizer`` (SGD-Nesterov/AdamW, PyTorch's fused kernels on
+  CPU/CUDA, no decay on norms and biases), ``build_scheduler`` (timm CosineLRScheduler with linear warm-up,
+  per step or epoch), ``autocast_factory`` (bf16 on CPU, fp16 on CUDA), ``seed_everything``, ``rng_state``.
 
 Checkpoint protocol (each file atomic): after every epoch rank 0 writes last.safetensors, then
 best.safetensors if the best metric improved, metrics.jsonl/csv, curves.png, and finally state.pt,

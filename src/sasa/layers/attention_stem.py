@@ -14,6 +14,16 @@ STEM_VALUE_KINDS = ("spatially-aware", "plain", "conv")  # paper Table 7
 STEM_INITS = ("paper", "patchify")
 
 
+def check_stem_init(init: str, *, values: str, num_value_mixtures: int, block_size: int = 4, name: str = "init") -> None:
+    """ValueError (naming the option ``name``) unless ``init`` is one of STEM_INITS and fits the stem's values."""
+    if init not in STEM_INITS:
+        raise ValueError(f"{name} must be one of {STEM_INITS}, got {init!r}")
+    if init == "patchify" and (values != "spatially-aware" or num_value_mixtures != block_size**2):
+        raise ValueError(f"{name}='patchify' needs spatially-aware values with one value matrix per block position "
+                         f"(num_value_mixtures={block_size**2}), got values={values!r}, "
+                         f"num_value_mixtures={num_value_mixtures}")
+
+
 class AttentionStem(nn.Module):
     """Block self-attention + BN + ReLU + max pool: (B, C_in, H, W) -> (B, C_out, ceil(H/4), ceil(W/4)).
 
@@ -54,12 +64,7 @@ class AttentionStem(nn.Module):
             raise ValueError(f"num_value_mixtures must be >= 1, got {num_value_mixtures}")
         if values not in STEM_VALUE_KINDS:
             raise ValueError(f"values must be one of {STEM_VALUE_KINDS}, got {values!r}")
-        if init not in STEM_INITS:
-            raise ValueError(f"init must be one of {STEM_INITS}, got {init!r}")
-        if init == "patchify" and (values != "spatially-aware" or num_value_mixtures != block_size**2):
-            raise ValueError(f"init='patchify' needs spatially-aware values with one value matrix per block position "
-                             f"(num_value_mixtures={block_size**2}), got values={values!r}, "
-                             f"num_value_mixtures={num_value_mixtures}")
+        check_stem_init(init, values=values, num_value_mixtures=num_value_mixtures, block_size=block_size)
         if init == "patchify" and out_channels < 2 * block_size:
             raise ValueError(f"init='patchify' needs out_channels >= 2 * block_size ({2 * block_size}), got {out_channels}")
         if values != "spatially-aware":

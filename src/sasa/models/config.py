@@ -6,7 +6,7 @@ from typing import Any
 
 from sasa.functional._checks import check_integer
 from sasa.layers import SPATIAL_MIXERS, AttentionConfig, AxialConfig, get_spatial_mixer
-from sasa.layers.attention_stem import STEM_INITS
+from sasa.layers.attention_stem import STEM_INITS, check_stem_init
 from sasa.layers.spatial import resolve_mixer_options
 
 BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
@@ -84,11 +84,9 @@ class ResNetConfig:
             raise ValueError(f"stem_values must be one of {STEM_VALUES}, got {self.stem_values!r}")
         if self.stem_init not in STEM_INITS:
             raise ValueError(f"stem_init must be one of {STEM_INITS}, got {self.stem_init!r}")
-        if self.stem == "attention" and self.stem_init == "patchify" and (
-                self.stem_values != "spatially-aware" or self.stem_value_mixtures != 16):
-            raise ValueError("stem_init='patchify' needs stem_values='spatially-aware' and stem_value_mixtures=16 (one "
-                             f"value matrix per 4×4 block position), got stem_values={self.stem_values!r}, "
-                             f"stem_value_mixtures={self.stem_value_mixtures}")
+        if self.stem == "attention":
+            check_stem_init(self.stem_init, values=self.stem_values, num_value_mixtures=self.stem_value_mixtures,
+                            name="stem_init")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.spatial not in SPATIAL_MIXERS:
